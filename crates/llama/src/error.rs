@@ -1,0 +1,45 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading, converting or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: invalid model config: {message}")]
+    InvalidConfig { path: PathBuf, message: String },
+    #[error("tensor `{name}` is missing from {source_description}")]
+    MissingTensor {
+        name: String,
+        source_description: String,
+    },
+    #[error("tensor `{name}` has shape {actual:?}, but the config implies {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{path}: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{path}: shard `{shard}` named in the index is missing")]
+    MissingShard { path: PathBuf, shard: String },
+    #[error("{path}: GGUF: {message}")]
+    Gguf { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
