@@ -102,7 +102,9 @@ impl LlamaConfig {
     /// Checks the relations between fields that the computation relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.num_attention_heads == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
-            return Err("hidden_size, num_attention_heads and num_hidden_layers must be > 0".into());
+            return Err(
+                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
+            );
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
@@ -118,7 +120,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(format!("head_dim {} must be even for rotary embeddings", self.head_dim()));
+            return Err(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -145,7 +150,10 @@ impl LlamaConfig {
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("config serialises");
         let object = value.as_object_mut().expect("config is an object");
-        object.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        object.insert(
+            "architectures".into(),
+            serde_json::json!(["LlamaForCausalLM"]),
+        );
         object.insert("model_type".into(), serde_json::json!("llama"));
         object.insert("hidden_act".into(), serde_json::json!("silu"));
         object.retain(|_, v| !v.is_null());
