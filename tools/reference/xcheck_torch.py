@@ -9,6 +9,10 @@ float64 (the models are tiny). It reads:
   --golden   fixtures/golden
 and prints max differences; it exits non-zero if a check fails its tolerance.
 
+HF's Llama keeps float32 islands even in a .double() model (LlamaRMSNorm casts to float32; the
+rotary inv_freq, angles and cos/sin are float32), so its logits differ from the pure-float64
+reference by ~1e-5 (log-likelihoods by ~3e-6); the tolerances allow for that.
+
     python tools/reference/xcheck_torch.py --gguf assets/smollm2-135m-instruct.Q4_1.gguf \
         --minilm assets/all-minilm-l6-v2 --golden fixtures/golden
 """
@@ -77,7 +81,7 @@ def llama(gguf: Path, golden: Path, mmlu_items: int):
                     lp = torch.log_softmax(model(ids).logits[0], -1)
                     lls.append(sum(float(lp[len(ctx) - 1 + j, cont[j]]) for j in range(len(cont))))
                 worst = max(worst, max(abs(a - b) for a, b in zip(lls, r["loglik"])))
-            check(f"mmlu loglik first {len(lines)} items max|diff|", worst, 1e-6)
+            check(f"mmlu loglik first {len(lines)} items max|diff|", worst, 1e-5)
 
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -119,7 +123,7 @@ def minilm(directory: Path, golden: Path):
     emb = st.encode(texts, batch_size=8, convert_to_numpy=True, normalize_embeddings=False)
     check("minilm sentence-transformers (f32) max|diff|", float(np.abs(emb - ours).max()), 2e-6)
     cos = (emb * ours).sum(-1) / np.linalg.norm(emb, axis=-1) / np.linalg.norm(ours, axis=-1)
-    check("minilm sentence-transformers 1 - min cos", float(1 - cos.min()), 1e-9)
+    check("minilm sentence-transformers 1 - min cos", float(1 - cos.min()), 1e-7)
 
     bert = AutoModel.from_pretrained(str(directory), attn_implementation="eager").double().eval()
     worst = 0.0
