@@ -115,10 +115,19 @@ pub enum ResourceLimit {
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum RunStatus {
     Passed,
-    Failed { exit_code: i32 },
+    Failed {
+        exit_code: i32,
+    },
+    /// Exited with status 0 before its last line ran (`sys.exit(0)` or `os._exit(0)` inside the
+    /// code under test would otherwise skip the tests and count as a pass).
+    ExitedEarly,
     TimedOut,
-    KilledBySignal { signal: i32 },
-    ResourceLimit { limit: ResourceLimit },
+    KilledBySignal {
+        signal: i32,
+    },
+    ResourceLimit {
+        limit: ResourceLimit,
+    },
 }
 
 /// The outcome of one sandboxed program.
@@ -155,6 +164,9 @@ impl RunOutcome {
         match self.status {
             RunStatus::Passed => "passed".to_string(),
             RunStatus::Failed { exit_code } => format!("failed (exit {exit_code}): {last_line}"),
+            RunStatus::ExitedEarly => {
+                "exited with status 0 before the end of the program".to_string()
+            }
             RunStatus::TimedOut => format!("timed out after {:.1}s", self.wall_time.as_secs_f64()),
             RunStatus::KilledBySignal { signal } => format!("killed by signal {signal}"),
             RunStatus::ResourceLimit { limit } => format!("resource limit: {limit:?}"),
@@ -210,7 +222,7 @@ impl Sandbox {
             features: Vec::new(),
         };
         // Plain run first: if even that fails, the interpreter is unusable.
-        let plain = sandbox.run("import sys\nsys.exit(0)\n")?;
+        let plain = sandbox.run("pass\n")?;
         if !plain.passed() {
             return Err(Error::Sandbox {
                 message: format!(
@@ -231,7 +243,7 @@ impl Sandbox {
                 continue;
             }
             sandbox.features.push(feature);
-            match sandbox.run("import sys\nsys.exit(0)\n") {
+            match sandbox.run("pass\n") {
                 Ok(outcome) if outcome.passed() => {}
                 Ok(outcome) => {
                     sandbox.features.pop();
@@ -277,13 +289,18 @@ impl Sandbox {
 
     /// Runs `program` (Python source) and reports how it ended. Errors only when the sandbox
     /// itself fails (no temporary directory, cannot spawn); anything the program does is an outcome.
+    ///
+    /// A line printing a random marker is appended; a program that exits 0 without printing it
+    /// ended early and is reported as [`RunStatus::ExitedEarly`]. The marker is removed from stdout.
     pub fn run(&self, program: &str) -> Result<RunOutcome> {
+        let marker = completion_marker();
+        let program = format!("{program}\nprint({marker:?}, flush=True)\n");
         let workdir = tempfile::Builder::new()
             .prefix("tuneloop-sandbox-")
             .tempdir()
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let script = workdir.path().join("program.py");
-        std::fs::write(&script, program).map_err(|e| Error::io(&script, e))?;
+        std::fs::write(&script, &program).map_err(|e| Error::io(&script, e))?;
 
         let uid = self
             .features
@@ -325,6 +342,16 @@ impl Sandbox {
         })?;
         let mut outcome = self.supervise(child, started, uid);
         outcome.isolation = self.isolation.clone();
+        let completed = match outcome.stdout.strip_suffix(&format!("{marker}\n")) {
+            Some(rest) => {
+                outcome.stdout = rest.to_string();
+                true
+            }
+            None => false,
+        };
+        if outcome.status == RunStatus::Passed && !completed {
+            outcome.status = RunStatus::ExitedEarly;
+        }
         drop(workdir);
         Ok(outcome)
     }
@@ -416,6 +443,24 @@ impl Sandbox {
             isolation: Isolation::default(),
         }
     }
+}
+
+/// A string the program cannot guess: per run, from the clock, the pid and a counter.
+fn completion_marker() -> String {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = crate::stats::SplitMix64::new(
+        nanos
+            ^ (u64::from(std::process::id()) << 32)
+            ^ u64::from(RUNS.fetch_add(1, Ordering::Relaxed)),
+    );
+    format!(
+        "__tuneloop_done_{:016x}{:016x}__",
+        rng.next_u64(),
+        rng.next_u64()
+    )
 }
 
 fn default_python() -> Result<PathBuf> {
