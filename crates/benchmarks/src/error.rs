@@ -55,6 +55,8 @@ pub enum Error {
     },
     #[error("MMLU subject `{subject}` is not in {path}")]
     UnknownSubject { subject: String, path: PathBuf },
+    #[error("endpoint {url}: {message}")]
+    Endpoint { url: String, message: String },
     #[error("sandbox: {message}")]
     Sandbox { message: String },
 }
