@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use benchmarks::data::{MmluSplit, default_data_dir, load_mmlu};
 use benchmarks::{LanguageModel, MmluOptions, MmluProtocol, OpenAiEndpoint, Prompt, run_mmlu};
 
-/// Serves until the listener is dropped with the process; records each (path, body, auth).
-fn serve(
-    listener: TcpListener,
-    seen: Arc<Mutex<Vec<(String, serde_json::Value, Option<String>)>>>,
-) {
+/// What the server saw of each request: path, JSON body, Authorization header.
+type Seen = Arc<Mutex<Vec<(String, serde_json::Value, Option<String>)>>>;
+
+/// Serves until the process ends; records each request.
+fn serve(listener: TcpListener, seen: Seen) {
     std::thread::spawn(move || {
         for (index, stream) in listener.incoming().enumerate() {
             let Ok(stream) = stream else { continue };
