@@ -1,0 +1,220 @@
+//! Runs MMLU, GSM8K and HumanEval on a model and prints one table at the end; per-item records
+//! and results JSON go to `--out`.
+//!
+//! Models: an OpenAI-compatible endpoint (`--endpoint http://127.0.0.1:8000/v1 --served-model
+//! NAME`, generation-only protocols). A local model directory or GGUF file is accepted once the
+//! llama crate implements `benchmarks::LanguageModel` (wired in by the coordinator).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use benchmarks::sandbox::SandboxLimits;
+use benchmarks::{
+    BenchmarkResult, Gsm8kOptions, Gsm8kProtocol, HumanEvalMode, HumanEvalOptions, LanguageModel,
+    MmluOptions, MmluProtocol, OpenAiEndpoint,
+};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Benchmark {
+    Mmlu,
+    Gsm8k,
+    Humaneval,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Run MMLU, GSM8K and HumanEval on a model and print one table")]
+struct Args {
+    /// Model directory (HF layout) or GGUF file.
+    model: Option<PathBuf>,
+    /// OpenAI-compatible endpoint base URL, e.g. http://127.0.0.1:8000/v1 (instead of MODEL).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Model id sent to the endpoint.
+    #[arg(long, default_value = "default")]
+    served_model: String,
+    /// Environment variable holding the endpoint's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// Output directory for records and results (reruns resume from it).
+    #[arg(long, default_value = "runs/validate")]
+    out: PathBuf,
+    /// Benchmarks to run.
+    #[arg(long, value_delimiter = ',', default_values = ["mmlu", "gsm8k", "humaneval"])]
+    benchmarks: Vec<Benchmark>,
+    /// Items per benchmark (per subject for MMLU), chosen by a seeded hash of item ids.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// MMLU subjects (comma separated); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    subjects: Option<Vec<String>>,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "loglikelihood")]
+    mmlu_protocol: MmluProtocolArg,
+    #[arg(long, value_enum, default_value = "cot-llama-chat")]
+    gsm8k_protocol: Gsm8kProtocolArg,
+    /// GSM8K samples per problem (k of maj@k; 1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    gsm8k_samples: usize,
+    #[arg(long, value_enum, default_value = "chat")]
+    humaneval_mode: HumanEvalModeArg,
+    /// HumanEval samples per problem (n of pass@k; 1 = greedy pass@1).
+    #[arg(long, default_value_t = 1)]
+    humaneval_samples: usize,
+    /// Items per model call.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Dataset folder (default: $TUNELOOP_ASSETS/data or <workspace>/assets/data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MmluProtocolArg {
+    Loglikelihood,
+    GenerativeChat,
+    GenerativeText,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Gsm8kProtocolArg {
+    CotText,
+    CotLlamaChat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HumanEvalModeArg {
+    Completion,
+    Chat,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let model: Box<dyn LanguageModel> = match (&args.model, &args.endpoint) {
+        (None, Some(url)) => Box::new(OpenAiEndpoint::new(
+            url,
+            &args.served_model,
+            Some(&args.api_key_env),
+        )?),
+        (Some(path), None) => bail!(
+            "{}: loading a local model needs the llama crate's LanguageModel implementation, not wired in yet; use --endpoint",
+            path.display()
+        ),
+        _ => bail!("give either a MODEL path or --endpoint"),
+    };
+    let mut mmlu_protocol = match args.mmlu_protocol {
+        MmluProtocolArg::Loglikelihood => MmluProtocol::Loglikelihood,
+        MmluProtocolArg::GenerativeChat => MmluProtocol::GenerativeChat,
+        MmluProtocolArg::GenerativeText => MmluProtocol::GenerativeText,
+    };
+    if mmlu_protocol == MmluProtocol::Loglikelihood && !model.supports_loglikelihood() {
+        tracing::warn!(
+            "{} cannot score log-likelihoods: MMLU uses the generative chat protocol",
+            model.name()
+        );
+        mmlu_protocol = MmluProtocol::GenerativeChat;
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(benchmarks::data::default_data_dir);
+    let mut results: Vec<BenchmarkResult> = Vec::new();
+    for benchmark in &args.benchmarks {
+        let result = match benchmark {
+            Benchmark::Mmlu => benchmarks::run_mmlu(
+                model.as_ref(),
+                &MmluOptions {
+                    protocol: mmlu_protocol,
+                    limit: args.limit,
+                    subjects: args.subjects.clone(),
+                    seed: args.seed,
+                    batch_size: args.batch_size,
+                    data_dir: data_dir.clone(),
+                    ..MmluOptions::default()
+                },
+                &args.out,
+            ),
+            Benchmark::Gsm8k => benchmarks::run_gsm8k(
+                model.as_ref(),
+                &Gsm8kOptions {
+                    protocol: match args.gsm8k_protocol {
+                        Gsm8kProtocolArg::CotText => Gsm8kProtocol::CotText,
+                        Gsm8kProtocolArg::CotLlamaChat => Gsm8kProtocol::CotLlamaChat,
+                    },
+                    samples: args.gsm8k_samples,
+                    limit: args.limit,
+                    seed: args.seed,
+                    batch_size: args.batch_size,
+                    data_dir: data_dir.clone(),
+                    ..Gsm8kOptions::default()
+                },
+                &args.out,
+            ),
+            Benchmark::Humaneval => benchmarks::run_humaneval(
+                model.as_ref(),
+                &HumanEvalOptions {
+                    mode: match args.humaneval_mode {
+                        HumanEvalModeArg::Completion => HumanEvalMode::Completion,
+                        HumanEvalModeArg::Chat => HumanEvalMode::Chat,
+                    },
+                    samples: args.humaneval_samples,
+                    limit: args.limit,
+                    seed: args.seed,
+                    batch_size: args.batch_size,
+                    sandbox_limits: SandboxLimits::default(),
+                    data_dir: data_dir.clone(),
+                    ..HumanEvalOptions::default()
+                },
+                &args.out,
+            ),
+        }
+        .with_context(|| format!("{benchmark:?}"))?;
+        results.push(result);
+    }
+    println!("{}", table(&results));
+    for result in &results {
+        for note in &result.notes {
+            println!("{}: {note}", result.benchmark);
+        }
+    }
+    println!("records and results in {}", args.out.display());
+    Ok(())
+}
+
+fn table(results: &[BenchmarkResult]) -> String {
+    let mut lines = vec![format!(
+        "{:<10} {:<16} {:>6} {:<20} {:>7} {:>7} {:>17} {:>7}",
+        "benchmark", "protocol", "n", "metric", "mean", "stderr", "95% CI", "macro"
+    )];
+    for result in results {
+        for (name, summary) in &result.metrics {
+            let is_primary = *name == result.primary_metric;
+            lines.push(format!(
+                "{:<10} {:<16} {:>6} {:<20} {:>7.4} {:>7.4} {:>17} {:>7}",
+                result.benchmark,
+                result.protocol,
+                result.n,
+                if is_primary {
+                    format!("{name} *")
+                } else {
+                    name.clone()
+                },
+                summary.mean,
+                summary.stderr,
+                format!("[{:.4}, {:.4}]", summary.ci95[0], summary.ci95[1]),
+                match (is_primary, result.macro_average) {
+                    (true, Some(m)) => format!("{m:.4}"),
+                    _ => String::new(),
+                }
+            ));
+        }
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,41 @@
+//! MMLU, GSM8K and HumanEval over one small model trait, [`LanguageModel`], which the local
+//! model implements (log-likelihood and generation) and an OpenAI-compatible endpoint implements
+//! for the generation-only protocols.
+//!
+//! ```no_run
+//! use benchmarks::{LanguageModel, gsm8k::{Gsm8kOptions, run_gsm8k}};
+//! # fn model() -> Box<dyn LanguageModel> { unimplemented!() }
+//! let model = model(); // the local Llama, or an endpoint client
+//! let options = Gsm8kOptions { limit: Some(50), ..Gsm8kOptions::default() };
+//! let result = run_gsm8k(model.as_ref(), &options, "runs/eval".as_ref())?;
+//! println!("{} {:.3}", result.primary_metric, result.primary().unwrap().mean);
+//! # Ok::<(), benchmarks::Error>(())
+//! ```
+//!
+//! Every run appends one [`records::eval::EvalRecord`] per item to
+//! `<out_dir>/<benchmark>_<protocol>.jsonl` as items finish (a rerun skips scored items) and
+//! writes `<benchmark>_<protocol>.results.json` atomically at the end. Generated programs run in
+//! [`sandbox::Sandbox`].
+
+mod error;
+mod harness;
+mod progress;
+
+pub mod data;
+pub mod gsm8k;
+pub mod humaneval;
+pub mod mmlu;
+pub mod model;
+pub mod openai;
+pub mod record_log;
+pub mod sandbox;
+pub mod stats;
+
+pub use error::{Error, ModelError, Result};
+pub use gsm8k::{Gsm8kOptions, Gsm8kProtocol, run_gsm8k};
+pub use harness::{item_seed, select};
+pub use humaneval::{HumanEvalMode, HumanEvalOptions, run_humaneval};
+pub use mmlu::{MmluOptions, MmluProtocol, run_mmlu};
+pub use model::{GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest};
+pub use openai::OpenAiEndpoint;
+pub use records::eval::{BenchmarkResult, ChatMessage, EvalRecord, Prompt, Role};
