@@ -1,0 +1,713 @@
+//! The HTTP client: one request → ledger lookup, budget reservation, rate limits, attempts with
+//! classification and backoff.
+//!
+//! Why reqwest on the wire and async-openai only for the types: async-openai's client retries
+//! 429 and 5xx inside its own executor (each retry invisible to the caller, so it could not be
+//! written to the ledger or counted against the budget), and its error type keeps the status but
+//! drops the response headers, so `Retry-After` and `retry-after-ms` cannot be honoured by us. We
+//! need every attempt classified (rate limit vs exhausted quota vs bad request vs server error vs
+//! timeout vs truncated body) and accounted, so one attempt is one plain reqwest call; the body
+//! is async-openai's `CreateChatCompletionRequest` and the answer is parsed into its
+//! `CreateChatCompletionResponse`, so the wire format stays the maintained OpenAI schema.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_openai::types::chat::CreateChatCompletionResponse;
+use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::config::{ClientConfig, Prices};
+use crate::error::{Error, Result};
+use crate::ledger::{AttemptRecord, Ledger};
+use crate::limiter::{Budget, RateLimiter};
+use crate::request::{ChatRequest, ChatResponse, canonical_json};
+
+/// A boxed future, so [`ChatBackend`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The one seam that swaps: something that answers a chat request. [`LlmClient`] answers over
+/// HTTP (OpenAI, vLLM, Ollama, our own `serve`); a local model can answer in-process. Cluster
+/// labelling, benchmark generation, the teacher and the judge take a `&dyn ChatBackend`.
+pub trait ChatBackend: Send + Sync {
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse>>;
+}
+
+/// OpenAI-compatible chat client with a durable ledger. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct LlmClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    http: reqwest::Client,
+    url: String,
+    ledger: Ledger,
+    budget: Budget,
+    prices: Option<Prices>,
+    rpm: Option<RateLimiter>,
+    tpm: Option<RateLimiter>,
+    slots: Semaphore,
+    /// One lock per request hash in progress, so identical requests are sent once.
+    in_progress: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set by the first `insufficient_quota`: later requests fail without being sent.
+    quota_exhausted: Mutex<Option<(u16, String)>>,
+    /// Cleared when the server rejects `response_format: json_schema`.
+    native_schema: AtomicBool,
+}
+
+/// An attempt that did not produce an answer.
+struct Failure {
+    error: Error,
+    retry_after: Option<Duration>,
+    /// Retry at once without counting the attempt (the request changes shape, e.g. schema
+    /// moved into the prompt).
+    resend_now: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            retry_after: None,
+            resend_now: false,
+        }
+    }
+}
+
+/// The `{"error": {...}}` body OpenAI-compatible servers send with a 4xx/5xx.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+impl LlmClient {
+    /// Validates the config, opens (or creates) the ledger and reads its running total.
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        // reqwest is built without a bundled crypto provider; ring is the one already in our tree.
+        // Err means a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(config.max_concurrency)
+            .connect_timeout(config.timeout.min(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| Error::Config {
+                field: "http client".into(),
+                reason: e.to_string(),
+            })?;
+        let ledger = Ledger::open(&config.ledger_path)?;
+        let spent = ledger.total_spend_usd()?;
+        let inner = Inner {
+            url: format!(
+                "{}/chat/completions",
+                config.endpoint.base_url.trim_end_matches('/')
+            ),
+            http,
+            budget: Budget::new(config.budget_usd, spent),
+            prices: config.model_prices(),
+            rpm: config.rpm.map(RateLimiter::per_minute),
+            tpm: config.tpm.map(RateLimiter::per_minute),
+            slots: Semaphore::new(config.max_concurrency),
+            in_progress: Mutex::new(HashMap::new()),
+            quota_exhausted: Mutex::new(None),
+            native_schema: AtomicBool::new(config.endpoint.json_schema),
+            ledger,
+            config,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// Running total in US dollars: every attempt ever recorded in the ledger, finished ones at
+    /// their billed cost, unknown outcomes at their upper bound.
+    pub fn spent_usd(&self) -> f64 {
+        self.inner.budget.spent_usd()
+    }
+
+    /// The request with the client's defaults filled in (what is hashed and sent).
+    pub fn effective_request(&self, mut request: ChatRequest) -> ChatRequest {
+        if request.max_tokens.is_none() {
+            request.max_tokens = Some(self.inner.config.default_max_tokens);
+        }
+        request
+    }
+
+    /// Answers one request: from the ledger if it finished before, else over HTTP with retries.
+    pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse> {
+        let request = self.effective_request(request);
+        if request.messages.is_empty() {
+            return Err(Error::Config {
+                field: "messages".into(),
+                reason: "a chat request needs at least one message".into(),
+            });
+        }
+        let hash = request.hash(&self.inner.config.endpoint);
+        let lock = {
+            let mut map = self.inner.in_progress.lock().expect("in-progress lock");
+            map.entry(hash.clone()).or_default().clone()
+        };
+        let result = {
+            let _same_request = lock.lock().await;
+            self.chat_exclusive(&request, &hash).await
+        };
+        {
+            let mut map = self.inner.in_progress.lock().expect("in-progress lock");
+            if Arc::strong_count(&lock) == 2 {
+                map.remove(&hash);
+            }
+        }
+        result
+    }
+
+    async fn chat_exclusive(&self, request: &ChatRequest, hash: &str) -> Result<ChatResponse> {
+        let inner = &self.inner;
+        if let Some(done) = inner.ledger.lookup_done(hash)? {
+            return Ok(done);
+        }
+        if let Some((status, message)) = inner.quota_exhausted.lock().expect("quota lock").clone() {
+            return Err(Error::QuotaExhausted { status, message });
+        }
+        let identity = canonical_json(&request.identity(&inner.config.endpoint));
+        inner
+            .ledger
+            .mark_pending(hash, &inner.config.endpoint.model, &identity)?;
+        let mut attempts = 0u32;
+        let mut counted = 0u32;
+        loop {
+            attempts += 1;
+            counted += 1;
+            let failure = match self.attempt(request, hash, attempts).await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            let Failure {
+                error,
+                retry_after,
+                resend_now,
+            } = failure;
+            if resend_now {
+                counted -= 1;
+                continue;
+            }
+            let give_up = !error.is_retryable() || counted > inner.config.max_retries;
+            if give_up {
+                let error = if error.is_retryable() {
+                    Error::RetriesExhausted {
+                        attempts,
+                        last: Box::new(error),
+                    }
+                } else {
+                    error
+                };
+                inner.ledger.fail(hash, &error.to_string(), attempts)?;
+                return Err(error);
+            }
+            let delay = self.retry_delay(counted, retry_after);
+            tracing::debug!(
+                request = &hash[..12],
+                attempt = attempts,
+                kind = error.kind(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Exponential backoff with equal jitter, never shorter than the server's Retry-After.
+    fn retry_delay(&self, retry_number: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = &self.inner.config.backoff;
+        let exp = backoff
+            .initial
+            .saturating_mul(1u32 << (retry_number.saturating_sub(1)).min(20))
+            .min(backoff.max);
+        let jittered = exp / 2 + exp.mul_f64(rand::rng().random::<f64>() / 2.0);
+        match retry_after {
+            Some(after) => jittered.max(after.min(backoff.max_retry_after)),
+            None => jittered,
+        }
+    }
+
+    /// One HTTP attempt, reserved against the budget and recorded in the ledger.
+    async fn attempt(
+        &self,
+        request: &ChatRequest,
+        hash: &str,
+        attempt_number: u32,
+    ) -> Result<ChatResponse, Failure> {
+        let inner = &self.inner;
+        let max_tokens = u64::from(request.max_tokens.unwrap_or(0));
+        let bound_usd = inner.prices.map_or(0.0, |p| {
+            p.cost_usd(request.prompt_tokens_upper_bound(), max_tokens)
+        });
+        inner.budget.reserve(bound_usd).await?;
+        // From here on every path settles the reservation exactly once.
+        let mut settle_cost = bound_usd;
+        let result = async {
+            if let Some(rpm) = &inner.rpm {
+                rpm.acquire(1).await;
+            }
+            if let Some(tpm) = &inner.tpm {
+                tpm.acquire(request.prompt_tokens_estimate() + max_tokens)
+                    .await;
+            }
+            let _slot = inner.slots.acquire().await.expect("semaphore never closed");
+            let attempt_id = inner.ledger.begin_attempt(hash, bound_usd)?;
+            let native =
+                request.json_schema.is_some() && inner.native_schema.load(Ordering::Relaxed);
+            let sent = self.send(request, native).await;
+            let (outcome, result) = self.classify(sent, request, hash, bound_usd, native);
+            match &result {
+                Ok(response) => {
+                    settle_cost = response.cost_usd;
+                    let body = outcome.body.as_deref().unwrap_or("");
+                    inner
+                        .ledger
+                        .complete(attempt_id, response, body, attempt_number)?;
+                }
+                Err(failure) => {
+                    settle_cost = outcome.cost_usd;
+                    inner.ledger.finish_attempt(
+                        attempt_id,
+                        &AttemptRecord {
+                            outcome: failure.error.kind(),
+                            http_status: outcome.http_status,
+                            cost_usd: outcome.cost_usd,
+                        },
+                    )?;
+                    tracing::warn!(
+                        request = &hash[..12],
+                        attempt = attempt_number,
+                        status = outcome.http_status,
+                        kind = failure.error.kind(),
+                        "attempt failed"
+                    );
+                }
+            }
+            result
+        }
+        .await;
+        inner.budget.settle(bound_usd, settle_cost);
+        result.map(|mut response| {
+            response.attempts = attempt_number;
+            response
+        })
+    }
+
+    /// Sends one request; the timeout covers connecting, headers and the whole body.
+    async fn send(&self, request: &ChatRequest, native_schema: bool) -> Sent {
+        let inner = &self.inner;
+        let body = request.wire_body(&inner.config.endpoint, native_schema);
+        let mut builder = inner
+            .http
+            .post(&inner.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &inner.config.endpoint.api_key {
+            match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    builder = builder.header(AUTHORIZATION, value);
+                }
+                Err(_) => {
+                    return Sent::Invalid(Error::Config {
+                        field: "api_key".into(),
+                        reason: "contains characters not allowed in an HTTP header".into(),
+                    });
+                }
+            }
+        }
+        let exchange = async {
+            let response = builder.send().await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        };
+        match tokio::time::timeout(inner.config.timeout, exchange).await {
+            Err(_) => Sent::TimedOut,
+            Ok(Err(e)) => Sent::Transport {
+                never_sent: e.is_connect(),
+                message: self.redact(&error_chain(&e)),
+            },
+            Ok(Ok((status, _, Err(e)))) => Sent::BodyLost {
+                status,
+                message: self.redact(&error_chain(&e)),
+            },
+            Ok(Ok((status, headers, Ok(body)))) => Sent::Answered {
+                status,
+                headers,
+                body: body.to_vec(),
+            },
+        }
+    }
+
+    fn redact(&self, text: &str) -> String {
+        match &self.inner.config.endpoint.api_key {
+            Some(key) => key.redact(text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Turns what came back into an answer or a classified failure, with the cost to count.
+    fn classify(
+        &self,
+        sent: Sent,
+        request: &ChatRequest,
+        hash: &str,
+        bound_usd: f64,
+        native_schema: bool,
+    ) -> (Outcome, Result<ChatResponse, Failure>) {
+        let timeout = self.inner.config.timeout;
+        let base_url = self.inner.config.endpoint.base_url.clone();
+        let (status, headers, body) = match sent {
+            Sent::Invalid(error) => return (Outcome::free(None), Err(error.into())),
+            // The server may have done (and billed) the work: count the upper bound.
+            Sent::TimedOut => {
+                return (
+                    Outcome::unknown(None, bound_usd),
+                    Err(Error::Timeout { timeout }.into()),
+                );
+            }
+            Sent::Transport {
+                never_sent,
+                message,
+            } => {
+                let cost = if never_sent { 0.0 } else { bound_usd };
+                return (
+                    Outcome::unknown(None, cost),
+                    Err(Error::Transport { base_url, message }.into()),
+                );
+            }
+            Sent::BodyLost { status, message } => {
+                let cost = if status.is_success() { bound_usd } else { 0.0 };
+                let error = if status.is_success() {
+                    Error::MalformedResponse {
+                        status: status.as_u16(),
+                        detail: format!("body cut off: {message}"),
+                    }
+                } else {
+                    Error::Transport { base_url, message }
+                };
+                return (
+                    Outcome::unknown(Some(status.as_u16()), cost),
+                    Err(error.into()),
+                );
+            }
+            Sent::Answered {
+                status,
+                headers,
+                body,
+            } => (status, headers, body),
+        };
+        let code = status.as_u16();
+        let text = self.redact(&String::from_utf8_lossy(&body));
+        if status.is_success() {
+            return match self.parse_success(&body, request, hash) {
+                Ok(response) => (
+                    Outcome {
+                        http_status: Some(code),
+                        cost_usd: response.cost_usd,
+                        body: Some(text),
+                    },
+                    Ok(response),
+                ),
+                Err(detail) => (
+                    Outcome::unknown(Some(code), bound_usd),
+                    Err(Error::MalformedResponse {
+                        status: code,
+                        detail,
+                    }
+                    .into()),
+                ),
+            };
+        }
+        let detail: Option<ErrorDetail> = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .map(|b| b.error);
+        let message = self.redact(
+            &detail
+                .as_ref()
+                .and_then(|d| d.message.clone())
+                .unwrap_or_else(|| truncate(&text, 300)),
+        );
+        let outcome = Outcome::free(Some(code));
+        let failure = |error: Error| Failure::from(error);
+        let result = match code {
+            429 => {
+                let quota = detail.as_ref().is_some_and(|d| {
+                    let code_is = |v: &serde_json::Value| v.as_str() == Some("insufficient_quota");
+                    d.kind.as_deref() == Some("insufficient_quota")
+                        || d.code.as_ref().is_some_and(code_is)
+                });
+                if quota {
+                    *self.inner.quota_exhausted.lock().expect("quota lock") =
+                        Some((code, message.clone()));
+                    failure(Error::QuotaExhausted {
+                        status: code,
+                        message,
+                    })
+                } else {
+                    let retry_after = retry_after(&headers);
+                    Failure {
+                        error: Error::RateLimited {
+                            retry_after,
+                            message,
+                        },
+                        retry_after,
+                        resend_now: false,
+                    }
+                }
+            }
+            401 | 403 => failure(Error::Unauthorized {
+                status: code,
+                message,
+            }),
+            408 | 500..=599 => Failure {
+                error: Error::Server {
+                    status: code,
+                    message,
+                },
+                retry_after: retry_after(&headers),
+                resend_now: false,
+            },
+            400 | 422
+                if native_schema
+                    && (message.contains("response_format") || message.contains("json_schema")) =>
+            {
+                tracing::warn!(
+                    "server rejected response_format json_schema; sending the schema in the prompt from now on"
+                );
+                self.inner.native_schema.store(false, Ordering::Relaxed);
+                Failure {
+                    error: Error::BadRequest {
+                        status: code,
+                        message,
+                    },
+                    retry_after: None,
+                    resend_now: true,
+                }
+            }
+            _ => failure(Error::BadRequest {
+                status: code,
+                message,
+            }),
+        };
+        (outcome, Err(result))
+    }
+
+    fn parse_success(
+        &self,
+        body: &[u8],
+        request: &ChatRequest,
+        hash: &str,
+    ) -> Result<ChatResponse, String> {
+        let parsed: CreateChatCompletionResponse =
+            serde_json::from_slice(body).map_err(|e| format!("not a chat completion: {e}"))?;
+        let choice = parsed
+            .choices
+            .first()
+            .ok_or_else(|| "no choices in the response".to_owned())?;
+        let (prompt_tokens, completion_tokens, cost_usd) = match (&parsed.usage, self.inner.prices)
+        {
+            (Some(u), prices) => {
+                let (p, c) = (u64::from(u.prompt_tokens), u64::from(u.completion_tokens));
+                (p, c, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
+            }
+            // No usage reported: count the upper bound so the budget stays safe.
+            (None, prices) => {
+                let p = request.prompt_tokens_upper_bound();
+                let c = u64::from(request.max_tokens.unwrap_or(0));
+                (0, 0, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
+            }
+        };
+        let finish_reason = choice
+            .finish_reason
+            .as_ref()
+            .and_then(|f| serde_json::to_value(f).ok())
+            .and_then(|v| v.as_str().map(str::to_owned));
+        Ok(ChatResponse {
+            content: choice.message.content.clone().unwrap_or_default(),
+            finish_reason,
+            model: parsed.model.clone(),
+            prompt_tokens,
+            completion_tokens,
+            cost_usd,
+            request_hash: hash.to_owned(),
+            attempts: 0,
+            from_ledger: false,
+        })
+    }
+}
+
+impl ChatBackend for LlmClient {
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse>> {
+        Box::pin(self.chat(request))
+    }
+}
+
+/// What one HTTP exchange produced.
+enum Sent {
+    Invalid(Error),
+    TimedOut,
+    Transport {
+        never_sent: bool,
+        message: String,
+    },
+    BodyLost {
+        status: StatusCode,
+        message: String,
+    },
+    Answered {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
+}
+
+/// How an attempt is recorded.
+struct Outcome {
+    http_status: Option<u16>,
+    cost_usd: f64,
+    body: Option<String>,
+}
+
+impl Outcome {
+    fn free(http_status: Option<u16>) -> Self {
+        Self {
+            http_status,
+            cost_usd: 0.0,
+            body: None,
+        }
+    }
+    fn unknown(http_status: Option<u16>, cost_usd: f64) -> Self {
+        Self {
+            http_status,
+            cost_usd,
+            body: None,
+        }
+    }
+}
+
+/// The server's wait request: `retry-after-ms` (OpenAI), else `Retry-After` as seconds
+/// (integer or decimal) or an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = text(RETRY_AFTER.as_str())?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn truncate_counts_chars() {
+        assert_eq!(truncate("héllo", 2), "hé…");
+        assert_eq!(truncate("hi", 2), "hi");
+    }
+}

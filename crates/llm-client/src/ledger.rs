@@ -1,0 +1,348 @@
+//! The durable request ledger (SQLite, WAL mode).
+//!
+//! Two tables. `requests`: one row per request hash with its status (`pending` → `done` or
+//! `failed`), the answer, tokens and cost. `attempts`: one row per HTTP attempt, written
+//! *before* the attempt is sent with the attempt's upper-bound cost, and settled to its real
+//! cost afterwards. Total spend is the sum over `attempts`, so an attempt that was in flight when
+//! the process was killed stays counted at its upper bound: the running total may over-count
+//! what the provider billed, never under-count it. `synchronous = NORMAL` in WAL mode survives a
+//! killed process (only an OS crash can lose the last commits).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::request::ChatResponse;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS requests (
+    hash TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    content TEXT,
+    finish_reason TEXT,
+    response_model TEXT,
+    response_json TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_unix_ms INTEGER NOT NULL,
+    updated_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    started_unix_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    http_status INTEGER,
+    cost_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_hash ON attempts(hash);
+";
+
+/// Outcome of an attempt whose row was written before sending and never settled (process killed).
+pub const OUTCOME_IN_FLIGHT: &str = "in_flight";
+
+/// A settled attempt.
+#[derive(Debug)]
+pub(crate) struct AttemptRecord<'a> {
+    pub outcome: &'a str,
+    pub http_status: Option<u16>,
+    pub cost_usd: f64,
+}
+
+/// Counts of ledger rows by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LedgerCounts {
+    pub done: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub attempts: u64,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Ledger {
+    /// Opens or creates the ledger at `path` (and its parent folder).
+    pub fn open(path: &Path) -> Result<Self> {
+        let db_err = |source| Error::Ledger {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::Config {
+                field: "ledger_path".into(),
+                reason: format!("cannot create {}: {e}", parent.display()),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Config {
+                field: "ledger_path".into(),
+                reason: format!("{}: SQLite refused WAL mode (got {mode})", path.display()),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().expect("ledger lock");
+        f(&mut conn).map_err(|source| Error::Ledger {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Sum of every attempt's counted cost, including attempts left in flight by a killed run.
+    pub fn total_spend_usd(&self) -> Result<f64> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(cost_usd), 0.0) FROM attempts",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    pub fn counts(&self) -> Result<LedgerCounts> {
+        self.with(|c| {
+            let mut counts = LedgerCounts::default();
+            let mut stmt = c.prepare("SELECT status, COUNT(*) FROM requests GROUP BY status")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            for row in rows {
+                let (status, n) = row?;
+                match status.as_str() {
+                    "done" => counts.done = n,
+                    "failed" => counts.failed = n,
+                    _ => counts.pending = n,
+                }
+            }
+            counts.attempts =
+                c.query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get::<_, i64>(0))? as u64;
+            Ok(counts)
+        })
+    }
+
+    /// The stored answer for `hash` if that request finished.
+    pub fn lookup_done(&self, hash: &str) -> Result<Option<ChatResponse>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT content, finish_reason, response_model, prompt_tokens, completion_tokens,
+                        cost_usd
+                 FROM requests WHERE hash = ?1 AND status = 'done'",
+            )?
+            .query_row([hash], |r| {
+                Ok(ChatResponse {
+                    content: r.get(0)?,
+                    finish_reason: r.get(1)?,
+                    model: r.get(2)?,
+                    prompt_tokens: r.get::<_, i64>(3)? as u64,
+                    completion_tokens: r.get::<_, i64>(4)? as u64,
+                    cost_usd: r.get(5)?,
+                    request_hash: hash.to_owned(),
+                    attempts: 0,
+                    from_ledger: true,
+                })
+            })
+            .optional()
+        })
+    }
+
+    /// Records that `hash` is about to be sent (a new row, or a failed/pending one reset).
+    pub(crate) fn mark_pending(&self, hash: &str, model: &str, request_json: &str) -> Result<()> {
+        let now = now_ms();
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO requests (hash, model, request_json, status, created_unix_ms,
+                                       updated_unix_ms)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)
+                 ON CONFLICT(hash) DO UPDATE SET status = 'pending', error = NULL,
+                                                 updated_unix_ms = ?4
+                 WHERE status != 'done'",
+            )?
+            .execute(params![hash, model, request_json, now])
+            .map(drop)
+        })
+    }
+
+    /// Writes an attempt row counted at `reserved_usd` before the attempt is sent.
+    pub(crate) fn begin_attempt(&self, hash: &str, reserved_usd: f64) -> Result<i64> {
+        let now = now_ms();
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO attempts (hash, started_unix_ms, outcome, cost_usd)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![hash, now, OUTCOME_IN_FLIGHT, reserved_usd])?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Settles an attempt that did not produce the answer.
+    pub(crate) fn finish_attempt(&self, attempt_id: i64, record: &AttemptRecord<'_>) -> Result<()> {
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE attempts SET outcome = ?2, http_status = ?3, cost_usd = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                attempt_id,
+                record.outcome,
+                record.http_status,
+                record.cost_usd
+            ])
+            .map(drop)
+        })
+    }
+
+    /// Settles the successful attempt and marks the request done, in one transaction.
+    pub(crate) fn complete(
+        &self,
+        attempt_id: i64,
+        response: &ChatResponse,
+        response_json: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        let now = now_ms();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.prepare_cached(
+                "UPDATE attempts SET outcome = 'ok', http_status = 200, cost_usd = ?2 WHERE id = ?1",
+            )?
+            .execute(params![attempt_id, response.cost_usd])?;
+            tx.prepare_cached(
+                "UPDATE requests SET status = 'done', content = ?2, finish_reason = ?3,
+                        response_model = ?4, response_json = ?5, prompt_tokens = ?6,
+                        completion_tokens = ?7, cost_usd = ?8, attempts = attempts + ?9,
+                        error = NULL, updated_unix_ms = ?10
+                 WHERE hash = ?1",
+            )?
+            .execute(params![
+                response.request_hash,
+                response.content,
+                response.finish_reason,
+                response.model,
+                response_json,
+                response.prompt_tokens as i64,
+                response.completion_tokens as i64,
+                response.cost_usd,
+                attempts,
+                now
+            ])?;
+            tx.commit()
+        })
+    }
+
+    /// Marks the request failed with a (redacted) error text.
+    pub(crate) fn fail(&self, hash: &str, error: &str, attempts: u32) -> Result<()> {
+        let now = now_ms();
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE requests SET status = 'failed', error = ?2, attempts = attempts + ?3,
+                        updated_unix_ms = ?4
+                 WHERE hash = ?1 AND status != 'done'",
+            )?
+            .execute(params![hash, error, attempts, now])
+            .map(drop)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(hash: &str) -> ChatResponse {
+        ChatResponse {
+            content: "hello".into(),
+            finish_reason: Some("stop".into()),
+            model: "m".into(),
+            prompt_tokens: 3,
+            completion_tokens: 1,
+            cost_usd: 0.25,
+            request_hash: hash.into(),
+            attempts: 1,
+            from_ledger: false,
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopen_and_in_flight_attempts_stay_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.sqlite");
+        {
+            let ledger = Ledger::open(&path).unwrap();
+            ledger.mark_pending("a", "m", "{}").unwrap();
+            let id = ledger.begin_attempt("a", 1.0).unwrap();
+            assert_eq!(ledger.total_spend_usd().unwrap(), 1.0);
+            ledger.complete(id, &response("a"), "{}", 1).unwrap();
+            assert_eq!(ledger.total_spend_usd().unwrap(), 0.25);
+
+            ledger.mark_pending("b", "m", "{}").unwrap();
+            let id = ledger.begin_attempt("b", 0.5).unwrap();
+            let record = AttemptRecord {
+                outcome: "server",
+                http_status: Some(500),
+                cost_usd: 0.0,
+            };
+            ledger.finish_attempt(id, &record).unwrap();
+            ledger.fail("b", "HTTP 500", 1).unwrap();
+            // "c" is left in flight, as if the process died mid-request.
+            ledger.mark_pending("c", "m", "{}").unwrap();
+            ledger.begin_attempt("c", 0.125).unwrap();
+        }
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.total_spend_usd().unwrap(), 0.25 + 0.125);
+        let done = ledger.lookup_done("a").unwrap().unwrap();
+        assert_eq!(done.content, "hello");
+        assert!(done.from_ledger);
+        assert!(ledger.lookup_done("b").unwrap().is_none());
+        assert!(ledger.lookup_done("c").unwrap().is_none());
+        assert_eq!(
+            ledger.counts().unwrap(),
+            LedgerCounts {
+                done: 1,
+                failed: 1,
+                pending: 1,
+                attempts: 3
+            }
+        );
+        // A done row is never reset to pending.
+        ledger.mark_pending("a", "m", "{}").unwrap();
+        assert!(ledger.lookup_done("a").unwrap().is_some());
+        ledger.fail("a", "x", 1).unwrap();
+        assert!(ledger.lookup_done("a").unwrap().is_some());
+    }
+}

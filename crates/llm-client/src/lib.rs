@@ -1,0 +1,51 @@
+//! OpenAI-compatible chat client for tuneloop: OpenAI, vLLM, Ollama or our own `serve`, with a
+//! durable SQLite ledger (a rerun never pays again for a finished request), a hard budget cap,
+//! rate limits, classified retries, batches and tolerant parsing of structured answers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), llm_client::Error> {
+//! use llm_client::{ChatRequest, ClientConfig, Endpoint, LlmClient, Progress, Prices};
+//!
+//! let mut config = ClientConfig::new(Endpoint::from_env()?, "runs/llm-ledger.sqlite");
+//! config.prices.insert(config.endpoint.model.clone(), Prices { input_per_mtok: 0.15, output_per_mtok: 0.6 });
+//! config.budget_usd = Some(5.0);
+//! let client = LlmClient::new(config)?;
+//! let prompts = vec![ChatRequest::user("Rate this answer from 1 to 10: ...").with_max_tokens(64)];
+//! let report = client.chat_batch(prompts, Progress::Auto).await;
+//! for result in &report.results {
+//!     match result {
+//!         Ok(answer) => println!("{:?}", llm_client::parse_judge_score(&answer.content)),
+//!         Err(e) => eprintln!("failed: {e}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! How a request goes: its hash (sha256 of endpoint URL, model, messages and parameters, never
+//! the key) is looked up in the ledger and a finished answer is returned without HTTP. Otherwise
+//! the row is written as `pending`, the attempt's upper-bound cost is reserved against the budget
+//! (refused with [`Error::BudgetExceeded`] if it could cross the cap), the rate limiters and the
+//! concurrency limit are passed, the attempt row is written, and one HTTP call is made. A 429
+//! rate limit, 408, 5xx, timeout, dropped connection or unreadable 200 body is retried with
+//! exponential backoff that honours `Retry-After`; an exhausted quota (429
+//! `insufficient_quota`), 401/403 and any other 4xx are not.
+
+mod batch;
+mod client;
+mod config;
+mod error;
+mod ledger;
+mod limiter;
+mod parse;
+mod request;
+
+pub use batch::{BatchCounts, BatchReport, Progress};
+pub use client::{BoxFuture, ChatBackend, LlmClient};
+pub use config::{
+    Backoff, ClientConfig, Endpoint, EndpointSettings, MaxTokensField, OPENAI_BASE_URL, PriceTable,
+    Prices, Secret,
+};
+pub use error::{Error, Result};
+pub use ledger::{Ledger, LedgerCounts, OUTCOME_IN_FLIGHT};
+pub use parse::{extract_json, parse_judge_score};
+pub use request::{ChatRequest, ChatResponse, JsonSchema, Message, Role, canonical_json};

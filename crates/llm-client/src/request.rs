@@ -1,0 +1,369 @@
+//! Requests and responses, the request hash, cost bounds and the wire body.
+
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Endpoint, MaxTokensField};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// A JSON schema the answer must follow (OpenAI "structured outputs").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchema {
+    /// a-z, A-Z, 0-9, `_` or `-`, at most 64 characters.
+    pub name: String,
+    pub schema: Value,
+    pub strict: bool,
+}
+
+/// One chat completion request. Two requests with equal fields (and the same endpoint) have the
+/// same [`ChatRequest::hash`] and are answered once: to draw several samples from one prompt,
+/// give each a different `seed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub temperature: Option<f32>,
+    /// Output limit; the client's `default_max_tokens` when `None`.
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+    pub json_schema: Option<JsonSchema>,
+}
+
+impl ChatRequest {
+    /// A single user message, all parameters left to the server.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            messages: vec![Message::user(content)],
+            ..Default::default()
+        }
+    }
+
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    pub fn with_json_schema(mut self, schema: JsonSchema) -> Self {
+        self.json_schema = Some(schema);
+        self
+    }
+
+    /// sha256 (hex) of a canonical JSON of endpoint URL, model, messages and parameters, with
+    /// `max_tokens` already defaulted. The key is not part of it: rotating a key keeps the cache.
+    pub fn hash(&self, endpoint: &Endpoint) -> String {
+        let mut digest = Sha256::new();
+        digest.update(canonical_json(&self.identity(endpoint)).as_bytes());
+        hex::encode(digest.finalize())
+    }
+
+    /// What the hash covers, also stored in the ledger so a row says what it answers.
+    pub(crate) fn identity(&self, endpoint: &Endpoint) -> Value {
+        json!({
+            "v": 1,
+            "base_url": endpoint.base_url.trim_end_matches('/'),
+            "model": endpoint.model,
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "json_schema": self.json_schema,
+        })
+    }
+
+    /// Total UTF-8 bytes of all message contents.
+    fn content_bytes(&self) -> u64 {
+        self.messages.iter().map(|m| m.content.len() as u64).sum()
+    }
+
+    /// An upper bound on prompt tokens: byte-level BPE tokenizers (GPT, Llama 3, Qwen) never
+    /// produce more tokens than bytes, plus 8 tokens per message and 8 more for chat-template
+    /// framing. Used for the budget reservation, which must not under-count.
+    pub fn prompt_tokens_upper_bound(&self) -> u64 {
+        self.content_bytes() + 8 * self.messages.len() as u64 + 8
+    }
+
+    /// A typical prompt-token count (4 bytes per token), used against a tokens-per-minute limit.
+    pub fn prompt_tokens_estimate(&self) -> u64 {
+        self.content_bytes().div_ceil(4) + 4 * self.messages.len() as u64
+    }
+
+    /// The messages as sent when the schema must travel in the prompt.
+    fn messages_with_schema_prompt(&self, schema: &JsonSchema) -> Vec<Message> {
+        let instruction = format!(
+            "Answer with one JSON object that conforms to this JSON Schema and nothing else:\n{}",
+            schema.schema
+        );
+        let mut messages = self.messages.clone();
+        match messages.first_mut() {
+            Some(first) if first.role == Role::System => {
+                first.content = format!("{}\n\n{instruction}", first.content);
+            }
+            _ => messages.insert(0, Message::system(instruction)),
+        }
+        messages
+    }
+
+    /// The HTTP body, built with async-openai's request type. `native_schema` picks between
+    /// `response_format` and a schema in the system prompt. `max_tokens` must already be set.
+    pub(crate) fn wire_body(&self, endpoint: &Endpoint, native_schema: bool) -> Vec<u8> {
+        let messages = match (&self.json_schema, native_schema) {
+            (Some(schema), false) => self.messages_with_schema_prompt(schema),
+            _ => self.messages.clone(),
+        };
+        let messages = messages
+            .into_iter()
+            .map(|m| -> ChatCompletionRequestMessage {
+                match m.role {
+                    Role::System => ChatCompletionRequestSystemMessage::from(m.content).into(),
+                    Role::User => ChatCompletionRequestUserMessage::from(m.content).into(),
+                    Role::Assistant => {
+                        ChatCompletionRequestAssistantMessage::from(m.content).into()
+                    }
+                }
+            })
+            .collect();
+        #[allow(deprecated)] // `max_tokens` and `seed` are deprecated by OpenAI, used by others
+        let body = CreateChatCompletionRequest {
+            model: endpoint.model.clone(),
+            messages,
+            temperature: self.temperature,
+            max_completion_tokens: match endpoint.max_tokens_field {
+                MaxTokensField::MaxCompletionTokens => self.max_tokens,
+                MaxTokensField::MaxTokens => None,
+            },
+            max_tokens: match endpoint.max_tokens_field {
+                MaxTokensField::MaxTokens => self.max_tokens,
+                MaxTokensField::MaxCompletionTokens => None,
+            },
+            seed: self.seed.map(|s| s as i64),
+            response_format: match (&self.json_schema, native_schema) {
+                (Some(schema), true) => Some(ResponseFormat::JsonSchema {
+                    json_schema: ResponseFormatJsonSchema {
+                        description: None,
+                        name: schema.name.clone(),
+                        schema: schema.schema.clone(),
+                        strict: Some(schema.strict),
+                    },
+                }),
+                _ => None,
+            },
+            ..Default::default()
+        };
+        serde_json::to_vec(&body).expect("a chat request always serialises")
+    }
+}
+
+/// A chat completion as the caller sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// The first choice's text (empty when the server returned none).
+    pub content: String,
+    pub finish_reason: Option<String>,
+    /// The model name the server reported.
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Cost of the successful attempt at the configured price.
+    pub cost_usd: f64,
+    pub request_hash: String,
+    /// HTTP attempts made for this answer in this process (0 when served from the ledger).
+    pub attempts: u32,
+    /// Served from the ledger without any HTTP call.
+    pub from_ledger: bool,
+}
+
+impl ChatResponse {
+    /// The answer as JSON, parsed tolerantly (see [`crate::extract_json`]).
+    pub fn json(&self) -> Option<Value> {
+        crate::parse::extract_json(&self.content)
+    }
+}
+
+/// JSON text with object keys sorted at every level, so equal values hash equally whatever
+/// order their maps were built in.
+pub fn canonical_json(value: &Value) -> String {
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(&map[key], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new("http://127.0.0.1:9/v1", "m")
+    }
+
+    #[test]
+    fn hash_is_stable_and_covers_every_field() {
+        let base = ChatRequest::user("hi").with_max_tokens(16);
+        let h = base.hash(&endpoint());
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, base.clone().hash(&endpoint()));
+        // The key is not part of the hash.
+        let keyed = endpoint().with_api_key(Secret::new("sk-1"));
+        assert_eq!(h, base.hash(&keyed));
+        let variants = [
+            base.clone().with_max_tokens(17),
+            base.clone().with_temperature(0.5),
+            base.clone().with_seed(1),
+            ChatRequest::user("hi!").with_max_tokens(16),
+            base.clone().with_json_schema(JsonSchema {
+                name: "s".into(),
+                schema: json!({"type": "object"}),
+                strict: true,
+            }),
+        ];
+        for v in &variants {
+            assert_ne!(v.hash(&endpoint()), h, "{v:?}");
+        }
+        assert_ne!(
+            base.hash(&Endpoint::new("http://127.0.0.1:9/v1", "other")),
+            h
+        );
+        assert_ne!(base.hash(&Endpoint::new("http://127.0.0.1:8/v1", "m")), h);
+        // Trailing slash on the URL is the same endpoint.
+        assert_eq!(base.hash(&Endpoint::new("http://127.0.0.1:9/v1/", "m")), h);
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let a: Value =
+            serde_json::from_str(r#"{"b":{"y":1,"x":[{"q":1,"p":2}]},"a":"é"}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":"é","b":{"x":[{"p":2,"q":1}],"y":1}}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":"é","b":{"x":[{"p":2,"q":1}],"y":1}}"#
+        );
+    }
+
+    #[test]
+    fn wire_body_uses_the_configured_fields() {
+        let schema = JsonSchema {
+            name: "score".into(),
+            schema: json!({"type": "object", "properties": {"score": {"type": "integer"}}}),
+            strict: true,
+        };
+        let req = ChatRequest::user("rate this")
+            .with_max_tokens(32)
+            .with_seed(7)
+            .with_json_schema(schema);
+        let body: Value = serde_json::from_slice(&req.wire_body(&endpoint(), true)).unwrap();
+        assert_eq!(body["model"], "m");
+        assert_eq!(body["max_completion_tokens"], 32);
+        assert!(body.get("max_tokens").is_none());
+        assert_eq!(body["seed"], 7);
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(body["response_format"]["json_schema"]["name"], "score");
+        assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+
+        let mut legacy = endpoint();
+        legacy.max_tokens_field = MaxTokensField::MaxTokens;
+        let body: Value = serde_json::from_slice(&req.wire_body(&legacy, false)).unwrap();
+        assert_eq!(body["max_tokens"], 32);
+        assert!(body.get("response_format").is_none());
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["role"], "system");
+        assert!(
+            messages[0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("\"score\"")
+        );
+        assert_eq!(messages[1]["content"], "rate this");
+    }
+
+    #[test]
+    fn token_bounds() {
+        let req = ChatRequest {
+            messages: vec![Message::system("abcd"), Message::user("héllo wörld")],
+            ..Default::default()
+        };
+        // 4 + 13 bytes.
+        assert_eq!(req.prompt_tokens_upper_bound(), 17 + 16 + 8);
+        assert_eq!(req.prompt_tokens_estimate(), 5 + 8);
+    }
+}

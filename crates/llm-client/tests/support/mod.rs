@@ -1,0 +1,595 @@
+//! A fault-injecting OpenAI-compatible HTTP/1.1 server on loopback, written on raw TCP so every
+//! fault is real at the byte level: 429 with Retry-After, exhausted quota, 5xx, 4xx, hangs,
+//! bodies cut off mid-JSON, slow trickled bodies, and a random share of failing calls.
+//!
+//! It keeps a log of every request (which prompt, which fault, whether a full 200 went out and
+//! what the server would bill), so tests can assert nothing was lost, duplicated or over budget.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the server does with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// 429 rate limit with the given `Retry-After` and/or `retry-after-ms` headers.
+    RateLimit {
+        retry_after: Option<String>,
+        retry_after_ms: Option<u64>,
+    },
+    /// 429 `insufficient_quota`.
+    Quota,
+    /// This status with an OpenAI-style error body (408, 400, 500, 503, ...).
+    Status(u16),
+    /// Never answers; waits until the client gives up and closes.
+    Hang,
+    /// A 200 with the full `Content-Length` but only half the body, then the connection closes.
+    Truncated,
+    /// A 200 whose body arrives in 8 chunks with this delay between chunks.
+    Slow(Duration),
+}
+
+impl Fault {
+    pub fn name(&self) -> String {
+        match self {
+            Fault::RateLimit { .. } => "rate_limit".into(),
+            Fault::Quota => "quota".into(),
+            Fault::Status(s) => format!("status_{s}"),
+            Fault::Hang => "hang".into(),
+            Fault::Truncated => "truncated".into(),
+            Fault::Slow(_) => "slow".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Requests must carry `Authorization: Bearer <key>`; otherwise 401 echoing the key received.
+    pub expected_key: Option<String>,
+    /// Time to "generate" an answer before a 200.
+    pub delay: Duration,
+    /// Share of requests (0..1) that get a fault drawn from `random_faults`.
+    pub fail_rate: f64,
+    pub random_faults: Vec<Fault>,
+    pub seed: u64,
+    /// Per-prompt faults for successive attempts; after the list, requests succeed.
+    pub script: HashMap<String, Vec<Fault>>,
+    /// Answer 400 "Unknown parameter: 'response_format'" to requests that carry one.
+    pub reject_response_format: bool,
+    /// (input, output) dollars per million tokens, for the server-side bill.
+    pub prices: (f64, f64),
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            expected_key: None,
+            delay: Duration::ZERO,
+            fail_rate: 0.0,
+            random_faults: Vec::new(),
+            seed: 0,
+            script: HashMap::new(),
+            reject_response_format: false,
+            prices: (0.0, 0.0),
+        }
+    }
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub prompt: String,
+    pub at: Instant,
+    pub fault: Option<String>,
+    /// A complete 200 body was written.
+    pub delivered_ok: bool,
+    /// What this request would be billed (any 200 whose generation ran, complete or cut off).
+    pub billed_usd: f64,
+    pub had_response_format: bool,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+struct State {
+    config: ServerConfig,
+    script: Mutex<HashMap<String, VecDeque<Fault>>>,
+    rng: Mutex<StdRng>,
+    records: Mutex<Vec<Record>>,
+    in_flight: AtomicI64,
+    max_in_flight: AtomicI64,
+    next_id: AtomicI64,
+}
+
+pub struct FaultServer {
+    pub base_url: String,
+    state: Arc<State>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl FaultServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = config
+            .script
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .collect();
+        let state = Arc::new(State {
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            config,
+            script: Mutex::new(script),
+            records: Mutex::new(Vec::new()),
+            in_flight: AtomicI64::new(0),
+            max_in_flight: AtomicI64::new(0),
+            next_id: AtomicI64::new(0),
+        });
+        let accept_state = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, accept_state.clone()));
+            }
+        });
+        Self {
+            base_url: format!("http://{addr}/v1"),
+            state,
+            accept,
+        }
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.state.records.lock().unwrap().clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.records.lock().unwrap().len()
+    }
+
+    pub fn delivered_ok_count(&self) -> usize {
+        self.state
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.delivered_ok)
+            .count()
+    }
+
+    pub fn attempts_for(&self, prompt: &str) -> Vec<Record> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.prompt == prompt)
+            .collect()
+    }
+
+    pub fn billed_usd(&self) -> f64 {
+        self.records().iter().map(|r| r.billed_usd).sum()
+    }
+
+    pub fn max_in_flight(&self) -> i64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Whitespace-separated words: the server's own token count (never more than the bytes).
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The answer the server gives for a prompt.
+pub fn expected_content(prompt: &str) -> String {
+    format!("echo: {prompt}")
+}
+
+async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some((head, body)) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        let keep_open = handle(&mut stream, &state, &head, &body).await;
+        if !keep_open {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Reads one request: (header block lowercased names, body).
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(HashMap<String, String>, Vec<u8>)> {
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head_text = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head_text.split("\r\n");
+    let request_line = lines.next()?.to_owned();
+    let mut headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    headers.insert(":request-line".into(), request_line);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + len {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[header_end..header_end + len].to_vec();
+    buf.drain(..header_end + len);
+    Some((headers, body))
+}
+
+fn response_head(
+    status: u16,
+    reason: &str,
+    content_length: usize,
+    extra: &[(&str, String)],
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n"
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+async fn write_error(
+    stream: &mut TcpStream,
+    status: u16,
+    kind: &str,
+    code: &str,
+    message: &str,
+    extra: &[(&str, String)],
+) -> bool {
+    let body = json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
+        .to_string();
+    let reason = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut bytes = response_head(status, reason, body.len(), extra);
+    bytes.extend_from_slice(body.as_bytes());
+    stream.write_all(&bytes).await.is_ok()
+}
+
+struct InFlight<'a>(&'a State);
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Handles one request; returns whether the connection stays open.
+async fn handle(
+    stream: &mut TcpStream,
+    state: &State,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> bool {
+    let _in_flight = InFlight::enter(state);
+    let config = &state.config;
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let messages = parsed["messages"].as_array().cloned().unwrap_or_default();
+    let prompt = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let had_response_format = parsed.get("response_format").is_some();
+    let authorization = headers.get("authorization").cloned();
+    let mut record = Record {
+        prompt: prompt.clone(),
+        at: Instant::now(),
+        fault: None,
+        delivered_ok: false,
+        billed_usd: 0.0,
+        had_response_format,
+        authorization: authorization.clone(),
+        body: parsed.clone(),
+    };
+    let index = {
+        let mut records = state.records.lock().unwrap();
+        records.push(record.clone());
+        records.len() - 1
+    };
+    let update = |record: &Record| state.records.lock().unwrap()[index] = record.clone();
+
+    if !headers[":request-line"].starts_with("POST ")
+        || !headers[":request-line"].contains("/v1/chat/completions")
+    {
+        record.fault = Some("not_found".into());
+        update(&record);
+        return write_error(
+            stream,
+            404,
+            "invalid_request_error",
+            "not_found",
+            "no such route",
+            &[],
+        )
+        .await;
+    }
+    if let Some(key) = &config.expected_key {
+        let got = authorization
+            .as_deref()
+            .unwrap_or("")
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        if &got != key {
+            record.fault = Some("unauthorized".into());
+            update(&record);
+            // Real servers do echo (part of) the key back: the client must redact it.
+            let message = format!(
+                "Incorrect API key provided: {got}. You can find your API key at https://example.invalid."
+            );
+            return write_error(
+                stream,
+                401,
+                "invalid_request_error",
+                "invalid_api_key",
+                &message,
+                &[],
+            )
+            .await;
+        }
+    }
+    if config.reject_response_format && had_response_format {
+        record.fault = Some("rejects_response_format".into());
+        update(&record);
+        return write_error(
+            stream,
+            400,
+            "invalid_request_error",
+            "unknown_parameter",
+            "Unknown parameter: 'response_format'.",
+            &[],
+        )
+        .await;
+    }
+    let scripted = state
+        .script
+        .lock()
+        .unwrap()
+        .get_mut(&prompt)
+        .and_then(VecDeque::pop_front);
+    let fault = scripted.or_else(|| {
+        let mut rng = state.rng.lock().unwrap();
+        (config.fail_rate > 0.0
+            && !config.random_faults.is_empty()
+            && rng.random::<f64>() < config.fail_rate)
+            .then(|| config.random_faults[rng.random_range(0..config.random_faults.len())].clone())
+    });
+    record.fault = fault.as_ref().map(Fault::name);
+    update(&record);
+
+    match &fault {
+        Some(Fault::RateLimit {
+            retry_after,
+            retry_after_ms,
+        }) => {
+            let mut extra = Vec::new();
+            if let Some(v) = retry_after {
+                extra.push(("retry-after", v.clone()));
+            }
+            if let Some(ms) = retry_after_ms {
+                extra.push(("retry-after-ms", ms.to_string()));
+            }
+            return write_error(
+                stream,
+                429,
+                "requests",
+                "rate_limit_exceeded",
+                "Rate limit reached for requests",
+                &extra,
+            )
+            .await;
+        }
+        Some(Fault::Quota) => {
+            return write_error(
+                stream,
+                429,
+                "insufficient_quota",
+                "insufficient_quota",
+                "You exceeded your current quota, please check your plan and billing details.",
+                &[],
+            )
+            .await;
+        }
+        Some(Fault::Status(status)) => {
+            return write_error(
+                stream,
+                *status,
+                "server_error",
+                "injected",
+                &format!("injected status {status}"),
+                &[],
+            )
+            .await;
+        }
+        Some(Fault::Hang) => {
+            // Wait for the client to give up (read returns 0 or fails), at most 30 s.
+            let mut sink = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            return false;
+        }
+        _ => {}
+    }
+
+    tokio::time::sleep(config.delay).await;
+    // Build the answer.
+    let schema_in_prompt = messages.iter().any(|m| {
+        m["role"] == "system"
+            && m["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("JSON Schema"))
+    });
+    let mut content = if had_response_format {
+        json!({"echo": prompt, "score": 7}).to_string()
+    } else if schema_in_prompt {
+        format!(
+            "Sure! Here is the JSON:\n```json\n{}\n```",
+            json!({"echo": prompt, "score": 7})
+        )
+    } else {
+        expected_content(&prompt)
+    };
+    let max_tokens = parsed["max_completion_tokens"]
+        .as_u64()
+        .or_else(|| parsed["max_tokens"].as_u64())
+        .unwrap_or(u64::MAX);
+    let mut finish_reason = "stop";
+    if words(&content) > max_tokens {
+        content = content
+            .split_whitespace()
+            .take(max_tokens as usize)
+            .collect::<Vec<_>>()
+            .join(" ");
+        finish_reason = "length";
+    }
+    let prompt_tokens: u64 = messages
+        .iter()
+        .map(|m| words(m["content"].as_str().unwrap_or("")) + 3)
+        .sum();
+    let completion_tokens = words(&content);
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    let body = json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": 1_700_000_000u32,
+        "model": parsed["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": finish_reason,
+            "logprobs": null
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        }
+    })
+    .to_string()
+    .into_bytes();
+    record.billed_usd =
+        (prompt_tokens as f64 * config.prices.0 + completion_tokens as f64 * config.prices.1) / 1e6;
+    update(&record);
+    let mut bytes = response_head(200, "OK", body.len(), &[]);
+    match &fault {
+        Some(Fault::Truncated) => {
+            bytes.extend_from_slice(&body[..body.len() / 2]);
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            false
+        }
+        Some(Fault::Slow(gap)) => {
+            if stream.write_all(&bytes).await.is_err() {
+                return false;
+            }
+            for chunk in body.chunks(body.len().div_ceil(8)) {
+                tokio::time::sleep(*gap).await;
+                if stream.write_all(chunk).await.is_err() || stream.flush().await.is_err() {
+                    return false;
+                }
+            }
+            record.delivered_ok = true;
+            update(&record);
+            true
+        }
+        _ => {
+            bytes.extend_from_slice(&body);
+            let ok = stream.write_all(&bytes).await.is_ok();
+            record.delivered_ok = ok;
+            update(&record);
+            ok
+        }
+    }
+}
+
+/// A client config for tests: short timeout and backoff, ledger in `ledger`.
+pub fn client_config(server: &FaultServer, ledger: &std::path::Path) -> llm_client::ClientConfig {
+    let mut config = llm_client::ClientConfig::new(
+        llm_client::Endpoint::new(&server.base_url, "test-model"),
+        ledger,
+    );
+    config.timeout = Duration::from_secs(2);
+    config.max_concurrency = 8;
+    config.max_retries = 5;
+    config.backoff = llm_client::Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        max_retry_after: Duration::from_secs(5),
+    };
+    config
+}
+
+/// Prices (dollars per million tokens) in both the client config and the server bill.
+pub fn set_prices(config: &mut llm_client::ClientConfig, input: f64, output: f64) {
+    config.prices.insert(
+        config.endpoint.model.clone(),
+        llm_client::Prices {
+            input_per_mtok: input,
+            output_per_mtok: output,
+        },
+    );
+}
