@@ -54,6 +54,8 @@ def check_tokenizer_and_config(out: Path):
     config = AutoConfig.from_pretrained(str(out))
     assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 576, 30)
     assert (config.num_attention_heads, config.num_key_value_heads, config.tie_word_embeddings) == (9, 3, True)
+    theta = config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters") else config.rope_theta
+    assert (theta, config.rms_norm_eps, config.max_position_embeddings) == (100000.0, 1e-5, 8192)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     golden = json.loads((ROOT / "fixtures/golden/smollm2_tokenizer.json").read_text())
     for case in golden["cases"]:
@@ -75,7 +77,9 @@ def greedy_answer(weights, config, tokenizer, question, max_new_tokens=12):
     """A from-scratch numpy Llama (HF conventions: rotate_half RoPE, GQA, RMSNorm, SwiGLU), no KV cache."""
     n_head, n_kv, layers = config.num_attention_heads, config.num_key_value_heads, config.num_hidden_layers
     head_dim = config.hidden_size // n_head
-    eps, theta = config.rms_norm_eps, config.rope_theta
+    # transformers 5 keeps rope_theta under rope_parameters; 4.x as an attribute.
+    theta = config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters") else config.rope_theta
+    eps = config.rms_norm_eps
     W = weights
     embed = W["model.embed_tokens.weight"]
 

@@ -175,7 +175,15 @@ fn write_shard(path: &Path, tensors: &[(String, EncodedTensor)]) -> Result<()> {
     .map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    })?;
+    // safetensors writes through a private (0600) temp file; give it the usual file mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_error(path))?;
+    }
+    Ok(())
 }
 
 /// Writes weights into `dir` as `model.safetensors`, or as `model-0000i-of-0000n.safetensors`

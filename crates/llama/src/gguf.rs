@@ -242,7 +242,9 @@ impl GgufTensorInfo {
     pub fn size_in_bytes(&self) -> Option<usize> {
         let (block_elements, block_bytes) = self.ggml_type.block_layout()?;
         let elements = self.num_elements();
-        (elements % block_elements == 0).then_some(elements / block_elements * block_bytes)
+        elements
+            .is_multiple_of(block_elements)
+            .then_some(elements / block_elements * block_bytes)
     }
 }
 
