@@ -111,6 +111,9 @@ mod tests {
         };
         let json = serde_json::to_string(&labelled).unwrap();
         assert!(json.ends_with(r#""label":{"name":"Fractions","description":"Adding fractions.","labelled_by":"keyword-fallback"}}"#));
-        assert_eq!(serde_json::from_str::<ClusterRecord>(&json).unwrap(), labelled);
+        assert_eq!(
+            serde_json::from_str::<ClusterRecord>(&json).unwrap(),
+            labelled
+        );
     }
 }

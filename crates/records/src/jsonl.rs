@@ -168,11 +168,13 @@ impl<T: DeserializeOwned> Iterator for JsonlReader<T> {
             if line.trim().is_empty() {
                 continue;
             }
-            return Some(serde_json::from_str(&line).map_err(|source| Error::InvalidLine {
-                path: self.path.clone(),
-                line: self.line_number,
-                source,
-            }));
+            return Some(
+                serde_json::from_str(&line).map_err(|source| Error::InvalidLine {
+                    path: self.path.clone(),
+                    line: self.line_number,
+                    source,
+                }),
+            );
         }
     }
 }
@@ -243,7 +245,10 @@ mod tests {
         // A map with non-string keys cannot be serialised as JSON.
         let bad: Vec<HashMap<(u8, u8), u8>> = vec![HashMap::new(), HashMap::from([((1, 2), 3)])];
         let error = write_jsonl_atomic(&path, &bad).unwrap_err();
-        assert!(matches!(error, Error::Serialise { index: 1, .. }), "{error:?}");
+        assert!(
+            matches!(error, Error::Serialise { index: 1, .. }),
+            "{error:?}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
