@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Prints a Markdown table: our time / iterations / inertia next to scikit-learn's (run through
-//! tools/bench/kmeans_sklearn.py in the same invocation). Times are the best of `--repeat` fits;
+//! tools/bench/kmeans_sklearn.py in the same invocation). Times are the best of `--repeat` fits
+//! (seeds `seed..seed+repeat`), iterations and inertia their mean;
 //! restrict both to the same cores with `taskset` (rayon and OpenMP both follow the affinity mask).
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ struct Args {
     repeat: usize,
     seed: u64,
     sklearn: bool,
+    analysis: bool,
     python: String,
     script: PathBuf,
 }
@@ -48,6 +50,7 @@ fn parse_args() -> Args {
         repeat: 1,
         seed: 0,
         sklearn: false,
+        analysis: false,
         python: "python3".into(),
         script: if default_script.exists() {
             default_script
@@ -68,6 +71,7 @@ fn parse_args() -> Args {
             "--repeat" => args.repeat = value().parse().expect("--repeat"),
             "--seed" => args.seed = value().parse().expect("--seed"),
             "--sklearn" => args.sklearn = true,
+            "--analysis" => args.analysis = true,
             "--python" => args.python = value(),
             "--script" => args.script = PathBuf::from(value()),
             "--bench" => {} // passed by `cargo bench`
@@ -174,6 +178,39 @@ fn sklearn(args: &Args, data: &Path) -> Vec<(usize, usize, Measurement, String)>
         .collect()
 }
 
+/// Times the steps after fitting at the first k: sampled silhouette, bootstrap, PCA map.
+fn time_analysis(points: &Points, k: usize) {
+    use clustering::metrics::{SilhouetteConfig, silhouette_score};
+    use clustering::report::cluster_map;
+    use clustering::selection::{StabilityConfig, bootstrap_stability};
+    let config = KMeansConfig {
+        n_init: 1,
+        ..KMeansConfig::new(k)
+    };
+    let model = KMeans::fit(points, &config).expect("fit");
+    let start = Instant::now();
+    let silhouette =
+        silhouette_score(points, model.labels(), &SilhouetteConfig::default()).expect("silhouette");
+    let silhouette_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let stability =
+        bootstrap_stability(points, model.labels(), &config, &StabilityConfig::default())
+            .expect("stability");
+    let stability_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let map = cluster_map(points, &model, 3000);
+    let map_s = start.elapsed().as_secs_f64();
+    println!(
+        "analysis k={k}: silhouette {:.4} on {} points in {silhouette_s:.3} s; bootstrap ARI mean {:.3} (10 × n_init 1) in {stability_s:.3} s; PCA map ({} points, {:.1}%+{:.1}% variance) in {map_s:.3} s",
+        silhouette.score,
+        silhouette.n_evaluated,
+        stability.mean,
+        map.points.len(),
+        map.explained_variance_ratio[0] * 100.0,
+        map.explained_variance_ratio[1] * 100.0
+    );
+}
+
 fn main() {
     let args = parse_args();
     println!("threads: {} (rayon)", rayon::current_num_threads());
@@ -192,6 +229,7 @@ fn main() {
         for &k in &args.ks {
             for &n_init in &args.n_inits {
                 let mut best: Option<Measurement> = None;
+                let (mut inertia_sum, mut iter_sum) = (0.0, 0);
                 for repeat in 0..args.repeat {
                     let config = KMeansConfig {
                         n_init,
@@ -201,6 +239,8 @@ fn main() {
                     let start = Instant::now();
                     let model = KMeans::fit(&points, &config).expect("fit");
                     let time_s = start.elapsed().as_secs_f64();
+                    inertia_sum += model.inertia();
+                    iter_sum += model.n_iter();
                     if best.as_ref().is_none_or(|b| time_s < b.time_s) {
                         best = Some(Measurement {
                             time_s,
@@ -209,7 +249,12 @@ fn main() {
                         });
                     }
                 }
-                let ours = best.unwrap();
+                // Best time; mean inertia and iterations over the repeats (seeds seed..seed+repeat).
+                let ours = Measurement {
+                    time_s: best.unwrap().time_s,
+                    n_iter: iter_sum / args.repeat,
+                    inertia: inertia_sum / args.repeat as f64,
+                };
                 let theirs = reference
                     .iter()
                     .find(|(rk, rn, _, _)| *rk == k && *rn == n_init);
@@ -233,6 +278,9 @@ fn main() {
                     ours.inertia
                 );
             }
+        }
+        if args.analysis {
+            time_analysis(&points, args.ks[0]);
         }
     }
 }

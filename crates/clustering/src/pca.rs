@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use crate::linalg::splitmix64;
 use crate::points::Points;
 
-const MAX_ITERATIONS: usize = 500;
-const TOLERANCE: f64 = 1e-12;
+const MAX_ITERATIONS: usize = 300;
+/// On 1 − |cos| between successive iterates: an angle of about 1e-5 rad.
+const TOLERANCE: f64 = 1e-10;
 const BLOCK_ROWS: usize = 2048;
 
 /// A fitted two-component PCA.

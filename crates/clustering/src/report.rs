@@ -28,10 +28,22 @@ pub struct ClusterMap {
 /// Projects the fitted `points` and the model's centroids onto the top two principal components.
 /// At most `max_points` points are plotted: evenly spaced in a content-defined order, so the
 /// sample does not depend on input order.
+///
+/// The PCA is fitted on at most [`PCA_FIT_POINTS`] points (also spread evenly over that order):
+/// plenty for a picture, and it bounds the cost on large inputs.
 pub fn cluster_map(points: &Points, model: &KMeans, max_points: usize) -> ClusterMap {
-    let pca = Pca2::fit(points);
     let order = crate::canonical::canonical_order(points);
     let n = points.n_rows();
+    let pca = if n > PCA_FIT_POINTS {
+        let fit_rows: Vec<usize> = order
+            .iter()
+            .step_by(n.div_ceil(PCA_FIT_POINTS))
+            .copied()
+            .collect();
+        Pca2::fit(&points.select(&fit_rows))
+    } else {
+        Pca2::fit(points)
+    };
     let step = n.div_ceil(max_points.max(1)).max(1);
     let plotted = order
         .iter()
@@ -54,6 +66,9 @@ pub fn cluster_map(points: &Points, model: &KMeans, max_points: usize) -> Cluste
         n_total: n,
     }
 }
+
+/// Most points the map's PCA is fitted on.
+pub const PCA_FIT_POINTS: usize = 10_000;
 
 /// Everything the report shows.
 #[derive(Debug, Clone)]

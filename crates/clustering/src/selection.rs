@@ -88,6 +88,9 @@ pub fn choose_k(
     ))
 }
 
+/// Resamples drawn again when one has fewer distinct points than k, before giving up.
+const MAX_REDRAWS: usize = 20;
+
 /// Bootstrap settings for [`bootstrap_stability`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StabilityConfig {
@@ -143,15 +146,19 @@ pub fn bootstrap_stability(
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut ari = Vec::with_capacity(config.n_bootstrap);
     for round in 0..config.n_bootstrap {
-        let rows: Vec<usize> = (0..n).map(|_| order[rng.random_range(0..n)]).collect();
-        let resample = points.select(&rows);
-        let model = KMeans::fit(
-            &resample,
-            &KMeansConfig {
-                seed: kmeans.seed.wrapping_add(round as u64 + 1),
-                ..kmeans.clone()
-            },
-        )?;
+        let config = KMeansConfig {
+            seed: kmeans.seed.wrapping_add(round as u64 + 1),
+            ..kmeans.clone()
+        };
+        // A resample of a small input can hold fewer distinct points than k: draw again.
+        let mut attempts = 0;
+        let model = loop {
+            let rows: Vec<usize> = (0..n).map(|_| order[rng.random_range(0..n)]).collect();
+            match KMeans::fit(&points.select(&rows), &config) {
+                Err(Error::TooFewDistinctPoints { .. }) if attempts < MAX_REDRAWS => attempts += 1,
+                other => break other?,
+            }
+        };
         let labels = model.predict(points)?;
         ari.push(adjusted_rand_index(reference_labels, &labels)?);
     }
