@@ -1,0 +1,435 @@
+//! The human-facing report: Markdown and self-contained HTML (inline SVG) with a per-cluster
+//! table, the choice of k, stability, and a 2-D PCA map of the points.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use records::clusters::ClusterRecord;
+use records::jsonl::write_atomic;
+
+use crate::error::Result;
+use crate::kmeans::KMeans;
+use crate::pca::Pca2;
+use crate::points::Points;
+use crate::selection::{KSelection, Stability};
+
+/// Points (a sample of at most a few thousand) and centroids in PCA coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterMap {
+    /// `(x, y, cluster)` per plotted point.
+    pub points: Vec<(f64, f64, usize)>,
+    /// Centroid coordinates by cluster id.
+    pub centroids: Vec<(f64, f64)>,
+    pub explained_variance_ratio: [f64; 2],
+    /// Number of points clustered (the map may show fewer).
+    pub n_total: usize,
+}
+
+/// Projects the fitted `points` and the model's centroids onto the top two principal components.
+/// At most `max_points` points are plotted: evenly spaced in a content-defined order, so the
+/// sample does not depend on input order.
+///
+/// The PCA is fitted on at most [`PCA_FIT_POINTS`] points (also spread evenly over that order):
+/// plenty for a picture, and it bounds the cost on large inputs.
+pub fn cluster_map(points: &Points, model: &KMeans, max_points: usize) -> ClusterMap {
+    let order = crate::canonical::canonical_order(points);
+    let n = points.n_rows();
+    let pca = if n > PCA_FIT_POINTS {
+        let fit_rows: Vec<usize> = order
+            .iter()
+            .step_by(n.div_ceil(PCA_FIT_POINTS))
+            .copied()
+            .collect();
+        Pca2::fit(&points.select(&fit_rows))
+    } else {
+        Pca2::fit(points)
+    };
+    let step = n.div_ceil(max_points.max(1)).max(1);
+    let plotted = order
+        .iter()
+        .step_by(step)
+        .map(|&i| {
+            let [x, y] = pca.project(points.row(i));
+            (x, y, model.labels()[i])
+        })
+        .collect();
+    let centroids = (0..model.k())
+        .map(|c| {
+            let [x, y] = pca.project(model.centroid(c));
+            (x, y)
+        })
+        .collect();
+    ClusterMap {
+        points: plotted,
+        centroids,
+        explained_variance_ratio: pca.explained_variance_ratio(),
+        n_total: n,
+    }
+}
+
+/// Most points the map's PCA is fitted on.
+pub const PCA_FIT_POINTS: usize = 10_000;
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub struct ReportInput<'a> {
+    pub title: &'a str,
+    pub n_items: usize,
+    pub dim: usize,
+    pub inertia: f64,
+    pub n_iter: usize,
+    pub clusters: &'a [ClusterRecord],
+    pub selection: Option<&'a KSelection>,
+    pub stability: Option<&'a Stability>,
+    pub map: &'a ClusterMap,
+}
+
+/// Paths of the written report files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportFiles {
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+    pub svg: PathBuf,
+}
+
+pub const MAP_FILE: &str = "clusters_map.svg";
+
+/// Writes `report.md`, `report.html` and `clusters_map.svg` into `dir` (each atomically).
+pub fn write_report(dir: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
+    std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let files = ReportFiles {
+        markdown: dir.join("report.md"),
+        html: dir.join("report.html"),
+        svg: dir.join(MAP_FILE),
+    };
+    let svg = render_svg(input.map, input.clusters);
+    write_atomic(&files.svg, svg.as_bytes())?;
+    write_atomic(&files.markdown, render_markdown(input).as_bytes())?;
+    write_atomic(&files.html, render_html(input, &svg).as_bytes())?;
+    Ok(files)
+}
+
+fn cluster_name(record: &ClusterRecord) -> String {
+    record
+        .label
+        .as_ref()
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("cluster {}", record.id))
+}
+
+fn keyword_list(record: &ClusterRecord, n: usize) -> String {
+    record
+        .keywords
+        .iter()
+        .take(n)
+        .map(|k| k.term.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn markdown_cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+fn short(text: &str, max_chars: usize) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match collapsed.char_indices().nth(max_chars) {
+        None => collapsed,
+        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
+    }
+}
+
+/// The report as Markdown; the map is referenced as `clusters_map.svg` beside it.
+pub fn render_markdown(input: &ReportInput<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {}\n", input.title);
+    let _ = writeln!(
+        out,
+        "{} items, {} dimensions, k = {}, inertia {:.4}, {} Lloyd iterations.\n",
+        input.n_items,
+        input.dim,
+        input.clusters.len(),
+        input.inertia,
+        input.n_iter
+    );
+    if let Some(selection) = input.selection {
+        let _ = writeln!(
+            out,
+            "## Choice of k\n\nSilhouette on {} points{}; best k = {}.\n\n| k | silhouette | inertia |\n|---|---|---|",
+            selection.silhouette_points,
+            if selection.sampled {
+                " (seeded sample)"
+            } else {
+                " (all)"
+            },
+            selection.best_k
+        );
+        for c in &selection.candidates {
+            let _ = writeln!(out, "| {} | {:.4} | {:.4} |", c.k, c.silhouette, c.inertia);
+        }
+        out.push('\n');
+    }
+    if let Some(stability) = input.stability {
+        let _ = writeln!(
+            out,
+            "## Stability\n\nBootstrap adjusted Rand index over {} resamples: mean {:.3}, std {:.3}, min {:.3}.\n",
+            stability.ari.len(),
+            stability.mean,
+            stability.std,
+            stability.min
+        );
+    }
+    let _ = writeln!(
+        out,
+        "## Clusters\n\n| id | name | size | share | mean dist. | keywords | description |\n|---|---|---|---|---|---|---|"
+    );
+    for record in input.clusters {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1}% | {:.3} | {} | {} |",
+            record.id,
+            markdown_cell(&cluster_name(record)),
+            record.size,
+            record.share * 100.0,
+            record.centroid_distance.mean,
+            markdown_cell(&keyword_list(record, 8)),
+            markdown_cell(record.label.as_ref().map_or("", |l| l.description.as_str())),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n## Map\n\n![2-D PCA map of the clusters]({MAP_FILE})\n\nPCA components explain {:.1}% and {:.1}% of the variance.\n",
+        input.map.explained_variance_ratio[0] * 100.0,
+        input.map.explained_variance_ratio[1] * 100.0
+    );
+    let _ = writeln!(out, "## Representative members\n");
+    for record in input.clusters {
+        let _ = writeln!(
+            out,
+            "### {} — {}\n",
+            record.id,
+            markdown_cell(&cluster_name(record))
+        );
+        if let Some(label) = &record.label {
+            let _ = writeln!(
+                out,
+                "_Labelled by {}._\n",
+                markdown_cell(&label.labelled_by)
+            );
+        }
+        for member in &record.representatives {
+            let _ = writeln!(
+                out,
+                "- `{}` (distance {:.3}): {}",
+                member.id.replace('`', "'"),
+                member.distance,
+                markdown_cell(&short(&member.text, 300))
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A colour per cluster: evenly spaced hues (golden-angle), fixed saturation and lightness.
+fn colour(cluster: usize) -> String {
+    let hue = (cluster as f64 * 137.508) % 360.0;
+    format!("hsl({hue:.0},65%,45%)")
+}
+
+/// The map as a standalone SVG document.
+pub fn render_svg(map: &ClusterMap, clusters: &[ClusterRecord]) -> String {
+    const WIDTH: f64 = 720.0;
+    const HEIGHT: f64 = 540.0;
+    const MARGIN: f64 = 40.0;
+    let xs = map
+        .points
+        .iter()
+        .map(|p| p.0)
+        .chain(map.centroids.iter().map(|c| c.0));
+    let ys = map
+        .points
+        .iter()
+        .map(|p| p.1)
+        .chain(map.centroids.iter().map(|c| c.1));
+    let (min_x, max_x) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (min_y, max_y) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let span_x = if max_x > min_x { max_x - min_x } else { 1.0 };
+    let span_y = if max_y > min_y { max_y - min_y } else { 1.0 };
+    let to_x = |x: f64| MARGIN + (x - min_x) / span_x * (WIDTH - 2.0 * MARGIN);
+    let to_y = |y: f64| HEIGHT - MARGIN - (y - min_y) / span_y * (HEIGHT - 2.0 * MARGIN);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(svg, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">PC1 ({:.1}% of variance)</text>"##,
+        WIDTH / 2.0,
+        HEIGHT - 10.0,
+        map.explained_variance_ratio[0] * 100.0
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="14" y="{}" text-anchor="middle" fill="#444" transform="rotate(-90 14 {})">PC2 ({:.1}% of variance)</text>"##,
+        HEIGHT / 2.0,
+        HEIGHT / 2.0,
+        map.explained_variance_ratio[1] * 100.0
+    );
+    for &(x, y, cluster) in &map.points {
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{}" fill-opacity="0.55"/>"#,
+            to_x(x),
+            to_y(y),
+            colour(cluster)
+        );
+    }
+    for (cluster, &(x, y)) in map.centroids.iter().enumerate() {
+        let name = clusters
+            .iter()
+            .find(|r| r.id == cluster)
+            .map(cluster_name)
+            .unwrap_or_else(|| format!("cluster {cluster}"));
+        let _ = writeln!(
+            svg,
+            r##"<g><title>{}</title><circle cx="{:.1}" cy="{:.1}" r="7" fill="{}" stroke="#000" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="#000">{}</text></g>"##,
+            escape_html(&name),
+            to_x(x),
+            to_y(y),
+            colour(cluster),
+            to_x(x) + 9.0,
+            to_y(y) + 4.0,
+            escape_html(&format!("{cluster}: {}", short(&name, 28)))
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The report as one self-contained HTML page (the SVG map inline).
+pub fn render_html(input: &ReportInput<'_>, svg: &str) -> String {
+    let mut out = String::new();
+    let title = escape_html(input.title);
+    let _ = writeln!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}th{{background:#f4f4f4}}.swatch{{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px}}li{{margin:.2em 0}}</style></head><body>"
+    );
+    let _ = writeln!(out, "<h1>{title}</h1>");
+    let _ = writeln!(
+        out,
+        "<p>{} items, {} dimensions, k = {}, inertia {:.4}, {} Lloyd iterations.</p>",
+        input.n_items,
+        input.dim,
+        input.clusters.len(),
+        input.inertia,
+        input.n_iter
+    );
+    if let Some(selection) = input.selection {
+        let _ = writeln!(
+            out,
+            "<h2>Choice of k</h2><p>Silhouette on {} points{}; best k = {}.</p><table><tr><th>k</th><th>silhouette</th><th>inertia</th></tr>",
+            selection.silhouette_points,
+            if selection.sampled {
+                " (seeded sample)"
+            } else {
+                " (all)"
+            },
+            selection.best_k
+        );
+        for c in &selection.candidates {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                c.k, c.silhouette, c.inertia
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    if let Some(stability) = input.stability {
+        let _ = writeln!(
+            out,
+            "<h2>Stability</h2><p>Bootstrap adjusted Rand index over {} resamples: mean {:.3}, std {:.3}, min {:.3}.</p>",
+            stability.ari.len(),
+            stability.mean,
+            stability.std,
+            stability.min
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<h2>Map</h2><p>PCA components explain {:.1}% and {:.1}% of the variance; {} of {} points shown.</p>\n{svg}",
+        input.map.explained_variance_ratio[0] * 100.0,
+        input.map.explained_variance_ratio[1] * 100.0,
+        input.map.points.len(),
+        input.map.n_total
+    );
+    out.push_str("<h2>Clusters</h2><table><tr><th>id</th><th>name</th><th>size</th><th>share</th><th>mean dist.</th><th>keywords</th><th>description</th><th>nearest members</th></tr>\n");
+    for record in input.clusters {
+        let members: String = record
+            .representatives
+            .iter()
+            .map(|m| {
+                format!(
+                    "<li><code>{}</code> ({:.3}) {}</li>",
+                    escape_html(&m.id),
+                    m.distance,
+                    escape_html(&short(&m.text, 200))
+                )
+            })
+            .collect();
+        let labelled_by = record
+            .label
+            .as_ref()
+            .map(|l| {
+                format!(
+                    "<br><small>labelled by {}</small>",
+                    escape_html(&l.labelled_by)
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td><span class=\"swatch\" style=\"background:{}\"></span>{}{}</td><td>{}</td><td>{:.1}%</td><td>{:.3}</td><td>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
+            record.id,
+            colour(record.id),
+            escape_html(&cluster_name(record)),
+            labelled_by,
+            record.size,
+            record.share * 100.0,
+            record.centroid_distance.mean,
+            escape_html(&keyword_list(record, 8)),
+            escape_html(record.label.as_ref().map_or("", |l| l.description.as_str())),
+            members
+        );
+    }
+    out.push_str("</table>\n</body></html>\n");
+    out
+}

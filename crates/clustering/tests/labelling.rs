@@ -1,0 +1,199 @@
+//! The labelling seam: prompt, schema, tolerant parsing, and a labeller driven through the trait.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use clustering::Error;
+use clustering::label::{
+    ClusterDescription, ClusterLabeller, KeywordFallbackLabeller, label_clusters,
+    label_json_schema, label_prompt, parse_label_response,
+};
+use records::clusters::{ClusterLabel, ClusterRecord, DistanceStats, Keyword, MemberRef};
+
+/// Drives a future that never waits on I/O (our test labellers) to completion.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+}
+
+fn record(id: usize) -> ClusterRecord {
+    ClusterRecord {
+        id,
+        size: 12,
+        share: 0.125,
+        centroid_distance: DistanceStats {
+            mean: 0.4,
+            median: 0.35,
+            max: 0.9,
+        },
+        keywords: ["fraction", "denominator", "sum", "half"]
+            .iter()
+            .map(|t| Keyword {
+                term: t.to_string(),
+                score: 0.3,
+            })
+            .collect(),
+        representatives: vec![
+            MemberRef {
+                id: "gsm8k/1".into(),
+                text: "What is 1/2 +\n 1/3?".into(),
+                distance: 0.1,
+            },
+            MemberRef {
+                id: "gsm8k/2".into(),
+                text: "x".repeat(1000),
+                distance: 0.2,
+            },
+        ],
+        label: None,
+    }
+}
+
+#[test]
+fn prompt_carries_keywords_examples_and_share() {
+    let description = ClusterDescription::from_record(&record(3), 3, 5, 50);
+    assert_eq!(description.keywords, ["fraction", "denominator", "sum"]);
+    assert_eq!(description.representatives[0], "What is 1/2 + 1/3?");
+    assert_eq!(
+        description.representatives[1].chars().count(),
+        51,
+        "cut to 50 chars + ellipsis"
+    );
+    let prompt = label_prompt(&description);
+    assert!(prompt.system.contains("\"name\"") && prompt.system.contains("\"description\""));
+    assert!(
+        prompt
+            .user
+            .contains("Cluster 3 has 12 items (12.5% of all failures)")
+    );
+    assert!(
+        prompt
+            .user
+            .contains("Keywords (most distinctive first): fraction, denominator, sum\n")
+    );
+    assert!(prompt.user.contains("1. What is 1/2 + 1/3?\n2. xxx"));
+    let schema = label_json_schema();
+    assert_eq!(
+        schema["required"],
+        serde_json::json!(["name", "description"])
+    );
+    assert_eq!(schema["additionalProperties"], false);
+}
+
+#[test]
+fn parsing_tolerates_common_reply_shapes() {
+    let expected = |name: &str, description: &str| ClusterLabel {
+        name: name.into(),
+        description: description.into(),
+        labelled_by: "m".into(),
+    };
+    let cases = [
+        (
+            r#"{"name": "Fraction sums", "description": "Adding fractions with unlike denominators."}"#,
+            (
+                "Fraction sums",
+                "Adding fractions with unlike denominators.",
+            ),
+        ),
+        (
+            "```json\n{\"name\":\"Fraction sums\",\"description\":\"Adds fractions.\"}\n```",
+            ("Fraction sums", "Adds fractions."),
+        ),
+        (
+            "<think>The {keywords} say fractions</think>Sure! {\"Title\": \"Fraction sums\", \"Summary\": \"Adds   fractions.\"} Hope it helps.",
+            ("Fraction sums", "Adds fractions."),
+        ),
+        (
+            r#"{"cluster": {"label": "Fraction sums", "explanation": "Adds fractions."}}"#,
+            ("Fraction sums", "Adds fractions."),
+        ),
+        (
+            "**Name:** Fraction sums\n**Description:** Adds fractions.",
+            ("Fraction sums", "Adds fractions."),
+        ),
+        (
+            r#"{"name": "Uses \"quotes\" {braces}", "description": "ok"}"#,
+            ("Uses \"quotes\" {braces}", "ok"),
+        ),
+    ];
+    for (reply, (name, description)) in cases {
+        assert_eq!(
+            parse_label_response(reply, "m").unwrap(),
+            expected(name, description),
+            "{reply}"
+        );
+    }
+    let long = format!(
+        "{{\"name\": \"{}\", \"description\": \"d\"}}",
+        "word ".repeat(40)
+    );
+    assert!(
+        parse_label_response(&long, "m")
+            .unwrap()
+            .name
+            .chars()
+            .count()
+            <= 61
+    );
+}
+
+#[test]
+fn unusable_replies_are_errors_with_an_excerpt() {
+    for reply in [
+        "I cannot help with that.",
+        r#"{"description": "no name"}"#,
+        r#"{"name": "  "}"#,
+        "",
+    ] {
+        let error = parse_label_response(reply, "m").unwrap_err();
+        assert!(
+            matches!(error, Error::LabelResponse { .. }),
+            "{reply}: {error}"
+        );
+    }
+    let error = parse_label_response("I cannot help with that.", "m").unwrap_err();
+    assert!(error.to_string().contains("\"I cannot help with that.\""));
+}
+
+/// A labeller that answers with canned model replies, parsed the way the LLM client does.
+struct ReplyingLabeller {
+    replies: Vec<&'static str>,
+}
+
+impl ClusterLabeller for ReplyingLabeller {
+    type Error = Error;
+
+    async fn label(&self, description: &ClusterDescription) -> Result<ClusterLabel, Error> {
+        parse_label_response(self.replies[description.cluster_id], "canned-model")
+    }
+}
+
+#[test]
+fn label_clusters_drives_the_trait_and_reports_the_failing_cluster() {
+    let mut clusters = vec![record(0), record(1)];
+    let labeller = ReplyingLabeller {
+        replies: vec![
+            r#"{"name":"Fractions","description":"Adds fractions."}"#,
+            "no idea",
+        ],
+    };
+    let error = block_on(label_clusters(&labeller, &mut clusters)).unwrap_err();
+    assert!(
+        matches!(error, Error::Labeller { cluster: 1, .. }),
+        "{error}"
+    );
+    assert_eq!(clusters[0].label.as_ref().unwrap().name, "Fractions");
+    assert!(clusters[1].label.is_none());
+
+    block_on(label_clusters(&KeywordFallbackLabeller, &mut clusters)).unwrap();
+    let label = clusters[1].label.as_ref().unwrap();
+    assert_eq!(label.name, "fraction / denominator / sum");
+    assert_eq!(label.labelled_by, "keyword-fallback");
+    assert!(label.description.starts_with("12 items (12.5%)"));
+}

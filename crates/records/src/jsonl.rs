@@ -1,0 +1,264 @@
+//! JSON Lines files: one serde record per line.
+//!
+//! Writes are atomic (a temporary file in the same directory, fsynced, then renamed over the
+//! target), so a reader never sees a half-written file and a crash leaves the old file intact.
+//! Reads name the file and the 1-based line of the first bad record.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Writes `records` to `path` as JSONL, atomically; returns how many records were written.
+///
+/// The parent directory must exist. On any error the target file is left untouched.
+pub fn write_jsonl_atomic<T, I>(path: impl AsRef<Path>, records: I) -> Result<usize>
+where
+    T: Serialize,
+    I: IntoIterator<Item = T>,
+{
+    let path = path.as_ref();
+    write_atomic_with(path, |writer| {
+        let mut count = 0;
+        for (index, record) in records.into_iter().enumerate() {
+            serde_json::to_writer(&mut *writer, &record).map_err(|source| {
+                if source.is_io() {
+                    Error::Io {
+                        path: path.to_path_buf(),
+                        source: source.into(),
+                    }
+                } else {
+                    Error::Serialise {
+                        path: path.to_path_buf(),
+                        index,
+                        source,
+                    }
+                }
+            })?;
+            writer.write_all(b"\n").map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            count += 1;
+        }
+        Ok(count)
+    })
+}
+
+/// Writes `contents` to `path` atomically (temp file in the same directory + rename).
+pub fn write_atomic(path: impl AsRef<Path>, contents: &[u8]) -> Result<()> {
+    let path = path.as_ref();
+    write_atomic_with(path, |writer| {
+        writer.write_all(contents).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// Runs `write` against a buffered temporary file next to `path`, then renames it into place.
+pub fn write_atomic_with<R>(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<R>,
+) -> Result<R> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let temp_path = temp_sibling(path);
+    let file = File::create(&temp_path).map_err(io_error)?;
+    let mut writer = BufWriter::new(file);
+    let outcome = write(&mut writer).and_then(|value| {
+        let file = writer
+            .into_inner()
+            .map_err(|error| io_error(error.into_error()))?;
+        file.sync_all().map_err(io_error)?;
+        Ok(value)
+    });
+    match outcome {
+        Ok(value) => {
+            std::fs::rename(&temp_path, path).map_err(|source| {
+                let _ = std::fs::remove_file(&temp_path);
+                io_error(source)
+            })?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp_path);
+            Err(error)
+        }
+    }
+}
+
+/// `dir/.name.tmp.<pid>.<counter>`: same directory (so rename is atomic), unique per writer.
+fn temp_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".to_owned());
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp_name = format!(".{name}.tmp.{}.{unique}", std::process::id());
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(temp_name),
+        _ => PathBuf::from(temp_name),
+    }
+}
+
+/// Reads every record of a JSONL file. Blank lines are skipped; a bad line is an error naming
+/// `file:line`.
+pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>> {
+    JsonlReader::open(path)?.collect()
+}
+
+/// Streams records from a JSONL file, one `Result` per non-blank line.
+pub struct JsonlReader<T> {
+    path: PathBuf,
+    lines: std::io::Lines<BufReader<File>>,
+    line_number: usize,
+    _record: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for JsonlReader<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlReader")
+            .field("path", &self.path)
+            .field("line_number", &self.line_number)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> JsonlReader<T> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path,
+            lines: BufReader::new(file).lines(),
+            line_number: 0,
+            _record: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for JsonlReader<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = self.lines.next()?;
+            self.line_number += 1;
+            let line = match line {
+                Ok(line) => line,
+                Err(source) => {
+                    return Some(Err(Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    }));
+                }
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_str(&line).map_err(|source| Error::InvalidLine {
+                    path: self.path.clone(),
+                    line: self.line_number,
+                    source,
+                }),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Row {
+        id: String,
+        value: i64,
+    }
+
+    #[test]
+    fn round_trip_preserves_records_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        let rows: Vec<Row> = (0..5)
+            .map(|i| Row {
+                id: format!("r{i}"),
+                value: i * 10 - 7,
+            })
+            .collect();
+        assert_eq!(write_jsonl_atomic(&path, &rows).unwrap(), 5);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        assert_eq!(text.lines().next().unwrap(), r#"{"id":"r0","value":-7}"#);
+        let back: Vec<Row> = read_jsonl(&path).unwrap();
+        assert_eq!(back, rows);
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn bad_line_error_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\":\"a\",\"value\":1}\n\n{\"id\":\"b\",\"value\":\"two\"}\n",
+        )
+        .unwrap();
+        let error = read_jsonl::<Row>(&path).unwrap_err();
+        match &error {
+            Error::InvalidLine { line, .. } => assert_eq!(*line, 3),
+            other => panic!("unexpected error {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains("bad.jsonl:3:"), "{message}");
+    }
+
+    #[test]
+    fn missing_file_error_names_path() {
+        let error = read_jsonl::<Row>("definitely/not/here.jsonl").unwrap_err();
+        assert!(matches!(error, Error::Io { .. }));
+        assert!(error.to_string().contains("definitely/not/here.jsonl"));
+    }
+
+    #[test]
+    fn failed_write_leaves_existing_file_untouched() {
+        use std::collections::HashMap;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keep.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        // A map with non-string keys cannot be serialised as JSON.
+        let bad: Vec<HashMap<(u8, u8), u8>> = vec![HashMap::new(), HashMap::from([((1, 2), 3)])];
+        let error = write_jsonl_atomic(&path, &bad).unwrap_err();
+        assert!(
+            matches!(error, Error::Serialise { index: 1, .. }),
+            "{error:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_atomic_replaces_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.md");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+    }
+}
