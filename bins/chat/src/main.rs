@@ -66,7 +66,9 @@ fn main() -> Result<()> {
     let mut ask = |question: &str, history: &mut Vec<ChatMessage>| -> Result<String> {
         history.push(ChatMessage::user(question));
         let started = Instant::now();
-        let answer = model.chat(std::slice::from_ref(history), &generation)?.remove(0);
+        let answer = model
+            .chat(std::slice::from_ref(history), &generation)?
+            .remove(0);
         eprintln!("({:.1}s)", started.elapsed().as_secs_f64());
         history.push(ChatMessage::assistant(answer.clone()));
         Ok(answer)

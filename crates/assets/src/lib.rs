@@ -56,6 +56,8 @@ pub enum Error {
     Zip { path: PathBuf, message: String },
     #[error("{path}: wheel has no member `{member}`")]
     MissingMember { path: PathBuf, member: String },
+    #[error(transparent)]
+    Write(#[from] records::Error),
     #[error("{path}: Arrow stream: {message}")]
     Arrow { path: String, message: String },
 }

@@ -59,6 +59,8 @@ pub enum Error {
     Endpoint { url: String, message: String },
     #[error("sandbox: {message}")]
     Sandbox { message: String },
+    #[error(transparent)]
+    Records(#[from] records::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

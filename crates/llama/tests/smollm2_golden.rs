@@ -45,7 +45,11 @@ fn check_every_logit(model: &Pretrained) {
     for prompt in meta["prompts"].as_array().unwrap() {
         let text = prompt["prompt"].as_str().unwrap();
         let expected_ids: Vec<u32> = serde_json::from_value(prompt["token_ids"].clone()).unwrap();
-        assert_eq!(model.tokenizer.encode(text, false).unwrap(), expected_ids, "ids of {text:?}");
+        assert_eq!(
+            model.tokenizer.encode(text, false).unwrap(),
+            expected_ids,
+            "ids of {text:?}"
+        );
 
         let view = golden.tensor(prompt["name"].as_str().unwrap()).unwrap();
         let expected: Vec<f32> = view
@@ -60,7 +64,10 @@ fn check_every_logit(model: &Pretrained) {
             .zip(&expected)
             .map(|(a, e)| (a - e).abs())
             .enumerate()
-            .fold((0f32, 0), |(w, at), (i, d)| if d > w { (d, i) } else { (w, at) });
+            .fold(
+                (0f32, 0),
+                |(w, at), (i, d)| if d > w { (d, i) } else { (w, at) },
+            );
         assert!(
             worst < 1e-3,
             "{text:?}: max |logit - reference| = {worst} at flat index {at} (position {}, token {})",
