@@ -38,6 +38,10 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error(
+        "rope_scaling type `{rope_type}` is not supported (supported: default, linear, llama3)"
+    )]
+    UnsupportedRopeScaling { rope_type: String },
     #[error("{0}")]
     InvalidArgument(String),
 }

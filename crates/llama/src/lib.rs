@@ -1,20 +1,52 @@
 //! Llama-family language models on burn.
 //!
-//! (Crate docs and example filled in as the modules land.)
+//! ```
+//! use llama::burn::tensor::Device;
+//! use llama::generate::{generate, GenerationConfig};
+//! use llama::{Llama, LlamaConfig};
+//!
+//! let device = Device::flex();
+//! let model = Llama::random(&LlamaConfig::tiny_for_tests(), 0, &device)?;
+//! let config = GenerationConfig { max_new_tokens: 4, ..Default::default() };
+//! let out = generate(&model, &[vec![1, 2, 3]], &config, &device)?;
+//! assert_eq!(out[0].tokens.len(), 4);
+//! # Ok::<(), llama::Error>(())
+//! ```
+//!
+//! A real checkpoint (an HF directory or a GGUF file) loads with its tokenizer and chat
+//! template through [`Pretrained::load`]; lower down, [`SafetensorsSource::open`] or
+//! [`GgufModel::open`] feed [`Llama::from_source`], [`loglikelihood::loglikelihood`] scores
+//! continuations as lm-evaluation-harness does, and [`write_hf_dir`] exports any weights.
 
 mod error;
 
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod export;
+pub mod generate;
 pub mod gguf;
+pub mod kv_cache;
+pub mod loglikelihood;
+pub mod model;
+pub mod pretrained;
+pub mod rope;
+pub mod safetensors_source;
 pub mod tensor_source;
 pub mod tokenizer;
+pub mod weights;
 
+/// The burn version this crate is built against (for `Device`, `Tensor`).
+pub use burn;
 pub use chat_template::{ChatMessage, ChatTemplate, RenderOptions, RenderedConversation};
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportSummary, convert_gguf_to_hf_dir, write_hf_dir};
 pub use gguf::{GgufFile, GgufModel};
+pub use kv_cache::KvCache;
+pub use model::Llama;
+pub use pretrained::Pretrained;
+pub use safetensors_source::SafetensorsSource;
 pub use tensor_source::{HostDType, HostTensor, TensorSource};
 pub use tokenizer::Tokenizer;
+pub use weights::OwnedTensors;

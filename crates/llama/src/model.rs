@@ -1,0 +1,458 @@
+//! Llama as HF transformers' `LlamaForCausalLM` computes it, written against burn's
+//! backend-free API: switching from the CPU to a GPU is a change of [`Device`].
+
+use burn::module::{Module, Param};
+use burn::nn::Embedding;
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::kv_cache::{KvCache, LayerKv};
+use crate::rope::{Rope, apply_rotary};
+
+/// A bias-free linear map `y = x·W` with `W` stored `[in, out]` (burn's `Linear` layout;
+/// HF stores `[out, in]`). A LoRA layer wraps one of these as `base(x) + scale·(x·A)·B`.
+#[derive(Module, Debug)]
+pub struct Projection {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Projection {
+    pub fn new(weight_in_out: Tensor<2>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight_in_out),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), None)
+    }
+
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.val().dims()
+    }
+}
+
+/// Root-mean-square norm computed in f32 whatever the model dtype, as HF's `LlamaRMSNorm`:
+/// `weight * (x / sqrt(mean(x²) + eps)).to(dtype)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
+        let variance = x.clone().square().mean_dim(2);
+        let normed = x * variance.add_scalar(self.eps).sqrt().recip();
+        self.weight.val().unsqueeze::<3>() * normed.cast(dtype)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    pub o_proj: Projection,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl SelfAttention {
+    /// `x`: `[B, T, hidden]`; `mask`: `[B, 1, T, past + T]`, true where attention is forbidden.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let q = apply_rotary(q, cos, sin);
+        let k = apply_rotary(k, cos, sin);
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some(past) => LayerKv {
+                        keys: Tensor::cat(vec![past.keys, k], 2),
+                        values: Tensor::cat(vec![past.values, v], 2),
+                    },
+                    None => LayerKv { keys: k, values: v },
+                };
+                let out = (kv.keys.clone(), kv.values.clone());
+                *slot = Some(kv);
+                out
+            }
+            None => (k, v),
+        };
+        let repeats = self.num_heads / self.num_kv_heads;
+        let out = attention(
+            q,
+            repeat_kv(k, repeats),
+            repeat_kv(v, repeats),
+            Some(mask.clone()),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// Grouped-query attention: each key/value head serves `repeats` query heads.
+///
+/// Expanded explicitly because not every backend's fused attention accepts fewer KV heads
+/// (LibTorch's SDPA needs `enable_gqa`, which burn does not pass).
+fn repeat_kv(x: Tensor<4>, repeats: usize) -> Tensor<4> {
+    if repeats == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, repeats, seq, head_dim])
+        .reshape([batch, kv_heads * repeats, seq, head_dim])
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    pub down_proj: Projection,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: SelfAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4, Bool>,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Tensor<3> {
+        let attended = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            mask,
+            cache,
+        );
+        let x = x + attended;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        x + mlp
+    }
+}
+
+/// Llama causal language model (`LlamaForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when tied to `embed_tokens` (logits = hidden · embedᵀ).
+    pub lm_head: Option<Projection>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+    #[module(skip)]
+    pub rope: Rope,
+}
+
+impl Llama {
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.weight.val().device()
+    }
+
+    /// Logits `[B, T, vocab]` in the model's float dtype.
+    ///
+    /// `tokens` and `attention_mask` are `[B, T]`; the mask is 1 for real tokens and 0 for
+    /// padding (left padding for batches of different lengths). With a `cache`, `tokens`
+    /// are the new tokens only and `attention_mask` covers only them: the cache remembers the
+    /// mask of the positions it holds. Position ids are `cumsum(mask) - 1` over the whole
+    /// sequence, as HF's `generate` computes them, so left-padded rows start at position 0.
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.lm_head(self.forward_hidden(tokens, attention_mask, cache))
+    }
+
+    /// The final-norm hidden states `[B, T, hidden]` (what [`Llama::lm_head`] maps to logits).
+    /// Lets callers compute logits only at the positions they need.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [batch, seq] = tokens.dims();
+        let [mask_batch, mask_seq] = attention_mask.dims();
+        assert_eq!(
+            [batch, seq],
+            [mask_batch, mask_seq],
+            "tokens and attention_mask must have the same shape"
+        );
+        let device = tokens.device();
+        let (past, key_mask) = match cache.as_deref() {
+            Some(cache) => match cache.key_mask() {
+                Some(past_mask) => {
+                    assert_eq!(
+                        past_mask.dims()[0],
+                        batch,
+                        "batch size differs from the cache's"
+                    );
+                    (
+                        past_mask.dims()[1],
+                        Tensor::cat(vec![past_mask.clone(), attention_mask], 1),
+                    )
+                }
+                None => (0, attention_mask),
+            },
+            None => (0, attention_mask),
+        };
+        let positions = key_mask
+            .clone()
+            .cumsum(1)
+            .sub_scalar(1)
+            .clamp_min(0)
+            .narrow(1, past, seq);
+        let mask = attention_mask_4d(key_mask.clone(), past, seq);
+
+        let x = self.embed_tokens.forward(tokens);
+        let (cos, sin) = self.rope.cos_sin(positions, x.dtype(), &device);
+        let mut x = x;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| c.layer_slot(index));
+            x = layer.forward(x, &cos, &sin, &mask, slot);
+        }
+        if let Some(cache) = cache {
+            cache.set_key_mask(key_mask);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Maps hidden states `[B, T, hidden]` to logits `[B, T, vocab]`.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+}
+
+/// The boolean attention mask `[B, 1, T, past + T]`, true where a query may not look:
+/// future keys and padding keys. Built once per forward and shared by all layers.
+///
+/// A query always sees itself, so that padding rows (which would otherwise see nothing)
+/// stay finite on every backend; real rows are unaffected because their own key is real.
+fn attention_mask_4d(key_mask: Tensor<2, Int>, past: usize, seq: usize) -> Tensor<4, Bool> {
+    let device = key_mask.device();
+    let [batch, keys] = key_mask.dims();
+    let rows =
+        Tensor::<1, Int>::arange(past as i64..(past + seq) as i64, &device).reshape([seq, 1]);
+    let cols = Tensor::<1, Int>::arange(0..keys as i64, &device).reshape([1, keys]);
+    let causal = cols
+        .clone()
+        .lower_equal(rows.clone())
+        .reshape([1, 1, seq, keys]);
+    let diagonal = cols.equal(rows).reshape([1, 1, seq, keys]);
+    let key_real = key_mask.equal_elem(1).reshape([batch, 1, 1, keys]);
+    key_real.bool_and(causal).bool_or(diagonal).bool_not()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use burn::tensor::TensorData;
+
+    use super::*;
+    use crate::generate::left_padded;
+
+    pub(crate) fn tiny_model(seed: u64) -> (Llama, Device) {
+        let device = Device::flex();
+        let model = Llama::random(&LlamaConfig::tiny_for_tests(), seed, &device).unwrap();
+        (model, device)
+    }
+
+    pub(crate) fn to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor
+            .cast(FloatDType::F32)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn single_logits(model: &Llama, prompt: &[u32], device: &Device) -> Vec<f32> {
+        let (tokens, mask) = left_padded(&[prompt], device);
+        to_vec(model.forward(tokens, mask, None))
+    }
+
+    fn prompts() -> Vec<Vec<u32>> {
+        vec![
+            vec![5, 17, 200],
+            vec![1, 2, 3, 4, 5, 6, 7],
+            vec![9, 250, 33, 33, 101],
+        ]
+    }
+
+    #[test]
+    fn padding_and_batching_do_not_change_logits() {
+        let (model, device) = tiny_model(1);
+        let prompts = prompts();
+        let batch: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let (tokens, mask) = left_padded(&batch, &device);
+        let batched = to_vec(model.forward(tokens, mask, None));
+        let vocab = model.config().vocab_size;
+        let width = 7;
+        for (row, prompt) in prompts.iter().enumerate() {
+            let alone = single_logits(&model, prompt, &device);
+            let pad = width - prompt.len();
+            let start = (row * width + pad) * vocab;
+            let in_batch = &batched[start..start + prompt.len() * vocab];
+            let diff = max_abs_diff(&alone, in_batch);
+            assert!(diff < 1e-4, "row {row}: max diff {diff}");
+        }
+        // Logits vary with the input, so the comparison above is not vacuous.
+        let first = single_logits(&model, &prompts[0], &device);
+        assert!(max_abs_diff(&first[..vocab], &first[vocab..2 * vocab]) > 1e-3);
+    }
+
+    #[test]
+    fn kv_cache_decoding_matches_full_forward() {
+        let (model, device) = tiny_model(2);
+        let prompts = prompts();
+        let batch: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let (tokens, mask) = left_padded(&batch, &device);
+        let full = to_vec(model.forward(tokens.clone(), mask.clone(), None));
+        let [rows, width] = tokens.dims();
+        let vocab = model.config().vocab_size;
+
+        // Prefill 4 positions (row 0 is still all padding there), then one token at a time.
+        let prefill = 4;
+        let mut cache = KvCache::new();
+        let mut pieces = vec![to_vec(model.forward(
+            tokens.clone().narrow(1, 0, prefill),
+            mask.clone().narrow(1, 0, prefill),
+            Some(&mut cache),
+        ))];
+        for position in prefill..width {
+            pieces.push(to_vec(model.forward(
+                tokens.clone().narrow(1, position, 1),
+                mask.clone().narrow(1, position, 1),
+                Some(&mut cache),
+            )));
+        }
+        assert_eq!(cache.seq_len(), width);
+        // Reassemble [rows, width, vocab] from the pieces and compare real positions.
+        let mask_host = mask
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap();
+        let mut worst = 0.0f32;
+        for row in 0..rows {
+            for position in 0..width {
+                if mask_host[row * width + position] == 0 {
+                    continue;
+                }
+                let cached = if position < prefill {
+                    &pieces[0][(row * prefill + position) * vocab..][..vocab]
+                } else {
+                    &pieces[1 + position - prefill][row * vocab..][..vocab]
+                };
+                let expected = &full[(row * width + position) * vocab..][..vocab];
+                worst = worst.max(max_abs_diff(cached, expected));
+            }
+        }
+        assert!(worst < 1e-4, "max diff {worst}");
+    }
+
+    #[test]
+    fn fully_padded_rows_stay_finite() {
+        let (model, device) = tiny_model(3);
+        let tokens = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 0, 0, 4, 0, 0, 0, 0], [2, 4]),
+            &device,
+        );
+        let mask = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 0, 0, 1, 0, 0, 0, 0], [2, 4]),
+            &device,
+        );
+        let logits = to_vec(model.forward(tokens, mask, None));
+        assert!(logits.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn rms_norm_matches_hand_computation() {
+        let device = Device::flex();
+        let norm = RmsNorm {
+            weight: Param::from_tensor(Tensor::<1>::from_data([2.0f32, 0.5], &device)),
+            eps: 1e-5,
+        };
+        let x = Tensor::<3>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 1, 2]), &device);
+        let out = to_vec(norm.forward(x));
+        let rms = ((9.0f32 + 16.0) / 2.0 + 1e-5).sqrt();
+        assert!(max_abs_diff(&out, &[2.0 * 3.0 / rms, 0.5 * 4.0 / rms]) < 1e-6);
+    }
+
+    #[test]
+    fn grouped_query_attention_shares_kv_heads() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new((0..8).map(|v| v as f32).collect::<Vec<_>>(), [1, 2, 2, 2]),
+            &device,
+        );
+        let repeated = to_vec(repeat_kv(x, 2));
+        // Heads [h0, h0, h1, h1]: HF's repeat_kv order.
+        assert_eq!(
+            repeated,
+            vec![
+                0., 1., 2., 3., 0., 1., 2., 3., 4., 5., 6., 7., 4., 5., 6., 7.
+            ]
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! SmolLM2-135M-Instruct with real weights from `assets/smollm2-135m-instruct/` (HF layout,
+//! made by `cargo xtask assets`). Token ids come from the model's own tokenizer (GPT-2
+//! byte-level BPE), written out here so that this test depends on the model alone.
+
+use std::path::PathBuf;
+
+use llama::burn::tensor::Device;
+use llama::generate::{FinishReason, GenerationConfig, generate};
+use llama::loglikelihood::{LoglikelihoodRequest, loglikelihood};
+use llama::{Llama, LlamaConfig, SafetensorsSource};
+
+fn model_dir() -> PathBuf {
+    let assets = std::env::var_os("TUNELOOP_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let dir = assets.join("smollm2-135m-instruct");
+    assert!(
+        dir.join("config.json").exists(),
+        "{} is missing: run `cargo xtask assets` to create it",
+        dir.display()
+    );
+    dir
+}
+
+fn load() -> (Llama, Device) {
+    let dir = model_dir();
+    let config = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let source = SafetensorsSource::open(&dir).unwrap();
+    let device = Device::flex();
+    let model = Llama::from_source(&config, &source, &device).unwrap();
+    (model, device)
+}
+
+/// `<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n`
+const CHAT_PROMPT: [u32; 16] = [
+    1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
+];
+/// "The capital of France is Paris." (`<|im_end|>` = 2 follows).
+const CHAT_ANSWER: [u32; 7] = [504, 3575, 282, 4649, 314, 7042, 30];
+/// "The capital of France is"
+const FRANCE: [u32; 5] = [504, 3575, 282, 4649, 314];
+const PARIS: u32 = 7042;
+const LONDON: u32 = 4528;
+const BERLIN: u32 = 11452;
+/// "Once upon a time"
+const ONCE: [u32; 4] = [6403, 1980, 253, 655];
+
+#[test]
+fn smollm2_answers_paris_alone_and_in_a_padded_batch() {
+    let (model, device) = load();
+    let config = GenerationConfig {
+        max_new_tokens: 12,
+        stop_token_ids: vec![2],
+        ..Default::default()
+    };
+    let prompts = vec![CHAT_PROMPT.to_vec(), ONCE.to_vec()];
+    let batched = generate(&model, &prompts, &config, &device).unwrap();
+    assert_eq!(batched[0].tokens, CHAT_ANSWER);
+    assert_eq!(batched[0].finish_reason, FinishReason::Stop);
+    let alone = generate(&model, &prompts[1..], &config, &device).unwrap();
+    assert_eq!(alone[0], batched[1]);
+}
+
+#[test]
+fn smollm2_prefers_paris_in_loglikelihood() {
+    let (model, device) = load();
+    let request = |token| LoglikelihoodRequest {
+        context: FRANCE.to_vec(),
+        continuation: vec![token],
+    };
+    let results = loglikelihood(
+        &model,
+        &[request(PARIS), request(LONDON), request(BERLIN)],
+        3,
+        &device,
+    )
+    .unwrap();
+    assert!(results[0].is_greedy, "{results:?}");
+    assert!(results[0].logprob > results[1].logprob && results[0].logprob > results[2].logprob);
+    assert!(!results[1].is_greedy && !results[2].is_greedy);
+}
