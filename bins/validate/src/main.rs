@@ -1,9 +1,9 @@
 //! Runs MMLU, GSM8K and HumanEval on a model and prints one table at the end; per-item records
 //! and results JSON go to `--out`.
 //!
-//! Models: an OpenAI-compatible endpoint (`--endpoint http://127.0.0.1:8000/v1 --served-model
-//! NAME`, generation-only protocols). A local model directory or GGUF file is accepted once the
-//! llama crate implements `benchmarks::LanguageModel` (wired in by the coordinator).
+//! Models: a local HF model directory or GGUF file (`validate assets/smollm2-135m-instruct
+//! --device cpu`), or an OpenAI-compatible endpoint (`--endpoint http://127.0.0.1:8000/v1
+//! --served-model NAME`, generation-only protocols).
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use benchmarks::sandbox::SandboxLimits;
 use benchmarks::{
     BenchmarkResult, Gsm8kOptions, Gsm8kProtocol, HumanEvalMode, HumanEvalOptions, LanguageModel,
-    MmluOptions, MmluProtocol, OpenAiEndpoint,
+    LocalModel, MmluOptions, MmluProtocol, OpenAiEndpoint,
 };
 use clap::{Parser, ValueEnum};
 
@@ -27,6 +27,9 @@ enum Benchmark {
 struct Args {
     /// Model directory (HF layout) or GGUF file.
     model: Option<PathBuf>,
+    /// Device for a local model: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// OpenAI-compatible endpoint base URL, e.g. http://127.0.0.1:8000/v1 (instead of MODEL).
     #[arg(long)]
     endpoint: Option<String>,
@@ -103,10 +106,16 @@ fn main() -> anyhow::Result<()> {
             &args.served_model,
             Some(&args.api_key_env),
         )?),
-        (Some(path), None) => bail!(
-            "{}: loading a local model needs the llama crate's LanguageModel implementation, not wired in yet; use --endpoint",
-            path.display()
-        ),
+        (Some(path), None) => {
+            let device = llama::device::select_device(&args.device, None)?;
+            let pretrained = llama::Pretrained::load(path, &device)
+                .with_context(|| format!("loading {}", path.display()))?;
+            Box::new(LocalModel::new(
+                path.display().to_string(),
+                pretrained,
+                args.batch_size,
+            ))
+        }
         _ => bail!("give either a MODEL path or --endpoint"),
     };
     let mut mmlu_protocol = match args.mmlu_protocol {

@@ -8,10 +8,7 @@ use crate::error::{Error, Result};
 
 /// `$TUNELOOP_ASSETS/data`, else `<workspace root>/assets/data`.
 pub fn default_data_dir() -> PathBuf {
-    let assets = std::env::var_os("TUNELOOP_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-    assets.join("data")
+    assets::AssetPaths::locate().data()
 }
 
 /// One MMLU question.

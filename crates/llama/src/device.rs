@@ -30,7 +30,9 @@ impl std::str::FromStr for Precision {
 pub fn select_device(spec: &str, precision: Option<Precision>) -> Result<Device> {
     let (mut device, default_precision) = match spec {
         "cpu" => (Device::flex(), Precision::F32),
-        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => (cuda_device(cuda)?, Precision::Bf16),
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            (cuda_device(cuda)?, Precision::Bf16)
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
                 "unknown device `{other}` (expected cpu, cuda or cuda:N)"
@@ -58,7 +60,8 @@ fn cuda_device(spec: &str) -> Result<Device> {
             .parse::<usize>()
             .map_err(|_| Error::InvalidArgument(format!("bad GPU index in `{spec}`")))?,
     };
-    #[allow(deprecated)] // burn-tch is deprecated upstream but is the backend that reaches cuBLAS here
+    #[allow(deprecated)]
+    // burn-tch is deprecated upstream but is the backend that reaches cuBLAS here
     Ok(Device::libtorch_cuda(index))
 }
 

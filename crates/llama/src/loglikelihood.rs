@@ -1,6 +1,8 @@
 //! Log-likelihood of continuations given contexts, as lm-evaluation-harness's
 //! `loglikelihood` request computes it (the MMLU / multiple-choice primitive).
 
+use std::collections::HashMap;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
@@ -76,18 +78,38 @@ pub fn loglikelihood(
         inputs.push(input.to_vec());
     }
 
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
+    // Requests that feed the model the same tokens (multiple-choice continuations of one
+    // token, like MMLU's " A".." D") share one forward pass.
+    let mut unique_inputs: Vec<Vec<u32>> = Vec::new();
+    let mut requests_of_input: Vec<Vec<usize>> = Vec::new();
+    let mut input_index: HashMap<Vec<u32>, usize> = HashMap::new();
+    for (request, input) in inputs.into_iter().enumerate() {
+        let index = *input_index.entry(input.clone()).or_insert_with(|| {
+            unique_inputs.push(input);
+            requests_of_input.push(Vec::new());
+            unique_inputs.len() - 1
+        });
+        requests_of_input[index].push(request);
+    }
+
+    let mut order: Vec<usize> = (0..unique_inputs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(unique_inputs[i].len()));
     let mut results: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
     for chunk in order.chunks(batch_size) {
-        let batch: Vec<&[u32]> = chunk.iter().map(|&i| inputs[i].as_slice()).collect();
-        let continuations: Vec<&[u32]> = chunk
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| unique_inputs[i].as_slice()).collect();
+        let served: Vec<(usize, usize)> = chunk
             .iter()
-            .map(|&i| requests[i].continuation.as_slice())
+            .enumerate()
+            .flat_map(|(row, &input)| requests_of_input[input].iter().map(move |&r| (r, row)))
             .collect();
-        let scored = score_batch(model, &batch, &continuations, device);
-        for (&index, result) in chunk.iter().zip(scored) {
-            results[index] = Some(result);
+        let rows: Vec<usize> = served.iter().map(|&(_, row)| row).collect();
+        let continuations: Vec<&[u32]> = served
+            .iter()
+            .map(|&(r, _)| requests[r].continuation.as_slice())
+            .collect();
+        let scored = score_batch(model, &batch, &rows, &continuations, device);
+        for (&(request, _), result) in served.iter().zip(scored) {
+            results[request] = Some(result);
         }
     }
     Ok(results
@@ -96,14 +118,23 @@ pub fn loglikelihood(
         .collect())
 }
 
+/// Scores `continuations[i]` after input row `rows[i]` of `inputs`.
 fn score_batch(
     model: &Llama,
     inputs: &[&[u32]],
+    input_rows: &[usize],
     continuations: &[&[u32]],
     device: &Device,
 ) -> Vec<Loglikelihood> {
-    let rows = inputs.len();
+    let rows = continuations.len();
     let (tokens, mask) = left_padded(inputs, device);
+    let row_index = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            input_rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            [rows],
+        ),
+        device,
+    );
     let width = tokens.dims()[1];
     let hidden = model.forward_hidden(tokens, mask, None);
     // Left padding aligns every row's end: the continuation of row r is predicted by its
@@ -118,7 +149,10 @@ fn score_batch(
     while start < span {
         let len = step.min(span - start);
         // Window positions [width - span + start, +len) ↔ continuation offsets from the end.
-        let window = hidden.clone().narrow(1, width - span + start, len);
+        let window = hidden
+            .clone()
+            .narrow(1, width - span + start, len)
+            .select(0, row_index.clone());
         let logprobs = log_softmax(model.lm_head(window).cast(FloatDType::F32), 2);
         let mut targets = vec![0i64; rows * len];
         for (row, continuation) in continuations.iter().enumerate() {
@@ -284,5 +318,37 @@ mod tests {
             loglikelihood(&model, &[bad], 1, &device),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// Multiple-choice requests share the context's forward pass; each must still get the
+    /// score it gets when scored on its own.
+    #[test]
+    fn shared_contexts_score_like_separate_requests() {
+        let (model, device) = tiny_model(7);
+        let context = vec![5, 6, 7, 8, 9];
+        let choices: Vec<LoglikelihoodRequest> = [[30u32], [31], [32], [33]]
+            .iter()
+            .map(|c| LoglikelihoodRequest {
+                context: context.clone(),
+                continuation: c.to_vec(),
+            })
+            .chain(requests())
+            .collect();
+        let together = loglikelihood(&model, &choices, 3, &device).unwrap();
+        for (request, shared) in choices.iter().zip(&together) {
+            let alone = loglikelihood(&model, std::slice::from_ref(request), 1, &device).unwrap();
+            assert!(
+                (alone[0].logprob - shared.logprob).abs() < 1e-4,
+                "{request:?}: {} alone vs {} shared",
+                alone[0].logprob,
+                shared.logprob
+            );
+            assert_eq!(alone[0].is_greedy, shared.is_greedy);
+        }
+        let distinct: std::collections::HashSet<i64> = together[..4]
+            .iter()
+            .map(|r| (r.logprob * 1e6) as i64)
+            .collect();
+        assert_eq!(distinct.len(), 4, "each choice gets its own token's score");
     }
 }

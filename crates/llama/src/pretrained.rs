@@ -24,7 +24,9 @@ impl Pretrained {
     /// Loads `path`: a `.gguf` file (dequantised on load) or an HF model directory
     /// (`config.json`, `model.safetensors` or a sharded index, `tokenizer.json`).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if is_gguf {
             let gguf = GgufModel::open(path)?;
             let tokenizer = Tokenizer::from_gguf(&gguf)?;

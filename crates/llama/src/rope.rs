@@ -121,7 +121,7 @@ fn llama3_scaled(inv_freq: &[f64], scaling: &crate::config::RopeScaling) -> Vec<
 mod tests {
     use super::*;
 
-    /// Made by tools/rope_llama3_reference.py (an independent numpy port of HF's
+    /// Made by tools/golden/rope_llama3_reference.py (an independent numpy port of HF's
     /// `_compute_llama3_parameters`, float64) for Llama-3.1-8B's config:
     /// (index, inv_freq) across the kept, interpolated and divided bands.
     const LLAMA31_8B_INV_FREQ: [(usize, f64); 10] = [
@@ -197,6 +197,27 @@ mod tests {
         ];
         for (got, want) in out.iter().zip(expected) {
             assert!((*got as f64 - want).abs() < 1e-5, "{out:?} vs {expected:?}");
+        }
+    }
+
+    /// Every frequency against the second, separately written reference
+    /// (tools/reference/llama_numpy.py → fixtures/golden/llama3_inv_freq.json).
+    #[test]
+    fn llama3_inv_freq_matches_the_numpy_reference_everywhere() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/golden/llama3_inv_freq.json"
+        );
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let expected: Vec<f64> = serde_json::from_value(golden["inv_freq"].clone()).unwrap();
+        let actual = inv_freq(&LlamaConfig::llama31_8b()).unwrap();
+        assert_eq!(actual.len(), expected.len());
+        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-12 * e.abs(),
+                "inv_freq[{i}]: {a} vs {e}"
+            );
         }
     }
 }

@@ -10,16 +10,10 @@ use llama::loglikelihood::{LoglikelihoodRequest, loglikelihood};
 use llama::{Llama, LlamaConfig, SafetensorsSource};
 
 fn model_dir() -> PathBuf {
-    let assets = std::env::var_os("TUNELOOP_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-    let dir = assets.join("smollm2-135m-instruct");
-    assert!(
-        dir.join("config.json").exists(),
-        "{} is missing: run `cargo xtask assets` to create it",
-        dir.display()
-    );
-    dir
+    let paths = assets::AssetPaths::locate();
+    paths
+        .require(&paths.smollm2_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn load() -> (Llama, Device) {

@@ -4,7 +4,7 @@ Independent numpy port of HF transformers' `_compute_default_rope_parameters` +
 `_compute_llama3_parameters` (vectorised with np.where as HF does with torch.where),
 in float64. Prints the constants pasted into crates/llama/src/rope.rs's tests.
 
-Run: python3 tools/rope_llama3_reference.py
+Run: python3 tools/golden/rope_llama3_reference.py
 """
 import numpy as np
 
