@@ -119,7 +119,7 @@ fn score_batch(
         let len = step.min(span - start);
         // Window positions [width - span + start, +len) ↔ continuation offsets from the end.
         let window = hidden.clone().narrow(1, width - span + start, len);
-        let logprobs = log_softmax(model.lm_head(window).cast(FloatDType::F32), 2);
+        let logprobs = log_softmax(model.logits(window).cast(FloatDType::F32), 2);
         let mut targets = vec![0i64; rows * len];
         for (row, continuation) in continuations.iter().enumerate() {
             for j in 0..len {
