@@ -276,8 +276,8 @@ impl Llama {
             .narrow(1, past, seq);
         // A plain causal mask lets fused kernels skip reading a mask (flash attention on GPU).
         // Only without a cache: LibTorch aligns `is_causal` top-left when queries < keys.
-        let all_real = key_mask.clone().min().into_scalar::<i64>() == 1;
-        let mask = if past == 0 && all_real {
+        let plain_causal = past == 0 && key_mask.clone().min().into_scalar::<i64>() == 1;
+        let mask = if plain_causal {
             None
         } else {
             let forbidden = attention_mask_4d(key_mask.clone(), past, seq);
