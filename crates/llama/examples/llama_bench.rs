@@ -81,7 +81,7 @@ fn main() {
     let started = Instant::now();
     let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
     let seq = hidden.dims()[1];
-    let logits = model.lm_head(hidden.narrow(1, seq - 1, 1));
+    let logits = model.logits(hidden.narrow(1, seq - 1, 1));
     let _ = logits.argmax(2).into_data();
     let prefill = started.elapsed().as_secs_f64();
     println!(
@@ -94,7 +94,7 @@ fn main() {
     for _ in 0..decode {
         let hidden =
             model.forward_hidden(next, Tensor::ones([batch, 1], &device), Some(&mut cache));
-        next = model.lm_head(hidden).argmax(2).reshape([batch, 1]);
+        next = model.logits(hidden).argmax(2).reshape([batch, 1]);
         let _ = next.to_data();
     }
     let elapsed = started.elapsed().as_secs_f64();

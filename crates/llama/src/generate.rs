@@ -230,7 +230,7 @@ pub fn left_padded(batch: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor
 fn last_logits(model: &Llama, hidden: Tensor<3>) -> Vec<f32> {
     let [batch, seq, width] = hidden.dims();
     let last = hidden.narrow(1, seq - 1, 1);
-    let logits = model.lm_head(last).cast(FloatDType::F32);
+    let logits = model.logits(last).cast(FloatDType::F32);
     debug_assert_eq!(width, model.config().hidden_size);
     let data = logits.into_data();
     debug_assert_eq!(data.dtype(), DType::F32);

@@ -153,7 +153,7 @@ fn score_batch(
             .clone()
             .narrow(1, width - span + start, len)
             .select(0, row_index.clone());
-        let logprobs = log_softmax(model.lm_head(window).cast(FloatDType::F32), 2);
+        let logprobs = log_softmax(model.logits(window).cast(FloatDType::F32), 2);
         let mut targets = vec![0i64; rows * len];
         for (row, continuation) in continuations.iter().enumerate() {
             for j in 0..len {

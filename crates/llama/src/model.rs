@@ -6,7 +6,9 @@ use burn::nn::Embedding;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
+use std::sync::Mutex;
+
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::{KvCache, LayerKv};
@@ -24,6 +26,11 @@ impl Projection {
         Self {
             weight: Param::from_tensor(weight_in_out),
         }
+    }
+
+    /// From an HF `[out, in]` weight, stored transposed and contiguous.
+    pub fn from_hf(weight_out_in: Tensor<2>) -> Self {
+        Self::new(contiguous(weight_out_in.transpose()))
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -66,13 +73,13 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// `x`: `[B, T, hidden]`; `mask`: `[B, 1, T, past + T]`, true where attention is forbidden.
+    /// `x`: `[B, T, hidden]`.
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: &Tensor<4, Bool>,
+        mask: &AttentionMask,
         cache: Option<&mut Option<LayerKv>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -99,19 +106,30 @@ impl SelfAttention {
             None => (k, v),
         };
         let repeats = self.num_heads / self.num_kv_heads;
+        let options = AttentionModuleOptions {
+            is_causal: mask.is_none(),
+            ..Default::default()
+        };
         let out = attention(
             q,
             repeat_kv(k, repeats),
             repeat_kv(v, repeats),
-            Some(mask.clone()),
+            mask.clone(),
             None,
-            AttentionModuleOptions::default(),
+            options,
         );
         let out = out
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
+}
+
+/// A contiguous copy of a (transposed) matrix. Flattening a non-viewable layout forces
+/// every backend to copy; GEMMs against contiguous weights are much faster on the CPU.
+pub fn contiguous(matrix: Tensor<2>) -> Tensor<2> {
+    let dims = matrix.dims();
+    matrix.reshape([dims[0] * dims[1]]).reshape(dims)
 }
 
 /// Grouped-query attention: each key/value head serves `repeats` query heads.
@@ -157,7 +175,7 @@ impl DecoderLayer {
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: &Tensor<4, Bool>,
+        mask: &AttentionMask,
         cache: Option<&mut Option<LayerKv>>,
     ) -> Tensor<3> {
         let attended = self.self_attn.forward(
@@ -181,8 +199,11 @@ pub struct Llama {
     pub embed_tokens: Embedding,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
-    /// `None` when tied to `embed_tokens` (logits = hidden · embedᵀ).
-    pub lm_head: Option<Projection>,
+    /// Output head. When tied, a contiguous copy of `embed_tokens`ᵀ: a GEMM against a
+    /// transposed view runs several times slower on the CPU backend.
+    pub lm_head: Projection,
+    /// Whether `lm_head` mirrors `embed_tokens` (then it is not exported).
+    pub tied_lm_head: bool,
     #[module(skip)]
     pub config: LlamaConfig,
     #[module(skip)]
@@ -211,10 +232,10 @@ impl Llama {
         attention_mask: Tensor<2, Int>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        self.lm_head(self.forward_hidden(tokens, attention_mask, cache))
+        self.logits(self.forward_hidden(tokens, attention_mask, cache))
     }
 
-    /// The final-norm hidden states `[B, T, hidden]` (what [`Llama::lm_head`] maps to logits).
+    /// The final-norm hidden states `[B, T, hidden]` (what [`Llama::logits`] maps to logits).
     /// Lets callers compute logits only at the positions they need.
     pub fn forward_hidden(
         &self,
@@ -253,7 +274,19 @@ impl Llama {
             .sub_scalar(1)
             .clamp_min(0)
             .narrow(1, past, seq);
-        let mask = attention_mask_4d(key_mask.clone(), past, seq);
+        // A plain causal mask lets fused kernels skip reading a mask (flash attention on GPU).
+        // Only without a cache: LibTorch aligns `is_causal` top-left when queries < keys.
+        let plain_causal = past == 0 && key_mask.clone().min().into_scalar::<i64>() == 1;
+        let mask = if plain_causal {
+            None
+        } else {
+            let forbidden = attention_mask_4d(key_mask.clone(), past, seq);
+            Some(if fused_attention_masks_true(&device) {
+                forbidden
+            } else {
+                forbidden.bool_not()
+            })
+        };
 
         let x = self.embed_tokens.forward(tokens);
         let (cos, sin) = self.rope.cos_sin(positions, x.dtype(), &device);
@@ -269,12 +302,44 @@ impl Llama {
     }
 
     /// Maps hidden states `[B, T, hidden]` to logits `[B, T, vocab]`.
-    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
-        }
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(hidden)
     }
+}
+
+/// How one forward restricts attention (the same for every layer): `None` = plain causal
+/// (no padding, no cache), else `[B, 1, T, past + T]` in the device's fused-attention
+/// mask convention.
+type AttentionMask = Option<Tensor<4, Bool>>;
+
+/// Whether the device's fused attention drops keys where the boolean mask is true (burn's
+/// documented convention). burn-tch 0.22 hands burn's mask straight to PyTorch's SDPA,
+/// where true means "attend": probed once per device with a two-key attention so the model
+/// is right either way.
+fn fused_attention_masks_true(device: &Device) -> bool {
+    static PROBED: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+    let key = format!("{device:?}");
+    let mut probed = PROBED.lock().expect("probe cache lock");
+    if let Some((_, masks_true)) = probed.iter().find(|(k, _)| *k == key) {
+        return *masks_true;
+    }
+    let query = Tensor::<4>::ones([1, 1, 1, 1], device);
+    let keys = Tensor::<4>::zeros([1, 1, 2, 1], device);
+    let values = Tensor::<4>::from_data(TensorData::new(vec![0.0f32, 1.0], [1, 1, 2, 1]), device);
+    let mask =
+        Tensor::<4, Bool>::from_data(TensorData::new(vec![false, true], [1, 1, 1, 2]), device);
+    let out = attention(
+        query,
+        keys,
+        values,
+        Some(mask),
+        None,
+        AttentionModuleOptions::default(),
+    );
+    // Key 1 (value 1.0) masked → 0.0; key 0 masked instead → 1.0.
+    let masks_true = out.into_scalar::<f32>() < 0.5;
+    probed.push((key, masks_true));
+    masks_true
 }
 
 /// The boolean attention mask `[B, 1, T, past + T]`, true where a query may not look:
@@ -424,6 +489,11 @@ pub(crate) mod tests {
         );
         let logits = to_vec(model.forward(tokens, mask, None));
         assert!(logits.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn flex_attention_follows_burns_mask_convention() {
+        assert!(fused_attention_masks_true(&Device::flex()));
     }
 
     #[test]

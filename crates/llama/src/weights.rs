@@ -101,7 +101,7 @@ impl Llama {
             let (name, shape) = shapes.next().expect("one shape per tensor");
             weights.tensor(&name, &shape, kind)
         };
-        let projection = |t: Tensor<2>| Projection::new(t.transpose());
+        let projection = Projection::from_hf;
         let norm = |t: Tensor<2>| RmsNorm {
             weight: Param::from_tensor(t.reshape([-1])),
             eps: config.rms_norm_eps,
@@ -140,9 +140,9 @@ impl Llama {
         }
         let final_norm = norm(next(Kind::Norm)?);
         let lm_head = if with_lm_head {
-            Some(projection(next(Kind::Matrix)?))
+            projection(next(Kind::Matrix)?)
         } else {
-            None
+            projection(embed.clone())
         };
         Ok(Llama {
             embed_tokens: Embedding {
@@ -151,6 +151,7 @@ impl Llama {
             layers,
             norm: final_norm,
             lm_head,
+            tied_lm_head: !with_lm_head,
             config: config.clone(),
             rope,
         })
@@ -190,8 +191,8 @@ impl Llama {
             }
         }
         out.insert("model.norm.weight", host_tensor(self.norm.weight.val()));
-        if let Some(head) = &self.lm_head {
-            out.insert(LM_HEAD, host_tensor(head.weight.val().transpose()));
+        if !self.tied_lm_head {
+            out.insert(LM_HEAD, host_tensor(self.lm_head.weight.val().transpose()));
         }
         out
     }
@@ -429,13 +430,13 @@ mod tests {
         config.tie_word_embeddings = true;
         let device = Device::flex();
         let model = Llama::random(&config, 5, &device).unwrap();
-        assert!(model.lm_head.is_none());
+        assert!(model.tied_lm_head);
         let tensors = model.tensors();
         assert!(tensors.get(LM_HEAD).is_none());
         // An untied config whose source lacks lm_head.weight also ties.
         let untied = LlamaConfig::tiny_for_tests();
         let loaded = Llama::from_source(&untied, &tensors, &device).unwrap();
-        assert!(loaded.lm_head.is_none());
+        assert!(loaded.tied_lm_head);
         assert_eq!(
             max_abs_diff(&logits(&model, &device), &logits(&loaded, &device)),
             0.0
