@@ -9,6 +9,10 @@ use std::time::Duration;
 /// Errors of the LLM client, per request or for the whole client.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A cluster label answer that could not be read as a name and description.
+    #[error(transparent)]
+    ClusterLabel(#[from] clustering::Error),
+
     /// A configuration value is missing or wrong (field names the setting or environment variable).
     #[error("invalid client configuration: {field}: {reason}")]
     Config { field: String, reason: String },
@@ -127,6 +131,7 @@ impl Error {
             Error::RetriesExhausted { .. } => "retries_exhausted",
             Error::Ledger { .. } | Error::LedgerRow { .. } => "ledger",
             Error::ItemLost { .. } => "item_lost",
+            Error::ClusterLabel(_) => "cluster_label",
         }
     }
 }

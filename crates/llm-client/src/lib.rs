@@ -32,6 +32,7 @@
 
 mod batch;
 mod client;
+mod cluster_labels;
 mod config;
 mod error;
 mod ledger;
@@ -41,6 +42,7 @@ mod request;
 
 pub use batch::{BatchCounts, BatchReport, Progress};
 pub use client::{BoxFuture, ChatBackend, LlmClient};
+pub use cluster_labels::ChatClusterLabeller;
 pub use config::{
     Backoff, ClientConfig, Endpoint, EndpointSettings, MaxTokensField, OPENAI_BASE_URL, PriceTable,
     Prices, Secret,

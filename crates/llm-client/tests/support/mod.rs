@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub reject_response_format: bool,
     /// (input, output) dollars per million tokens, for the server-side bill.
     pub prices: (f64, f64),
+    /// The answer's content for a prompt, instead of the echo (models a real assistant).
+    pub reply: Option<fn(&str) -> String>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +82,7 @@ impl Default for ServerConfig {
             script: HashMap::new(),
             reject_response_format: false,
             prices: (0.0, 0.0),
+            reply: None,
         }
     }
 }
@@ -483,7 +486,9 @@ async fn handle(
                 .as_str()
                 .is_some_and(|c| c.contains("JSON Schema"))
     });
-    let mut content = if had_response_format {
+    let mut content = if let Some(reply) = state.config.reply {
+        reply(&prompt)
+    } else if had_response_format {
         json!({"echo": prompt, "score": 7}).to_string()
     } else if schema_in_prompt {
         format!(
