@@ -63,7 +63,7 @@ fn main() -> Result<()> {
         ..GenerationConfig::default()
     };
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
-    let mut ask = |question: &str, history: &mut Vec<ChatMessage>| -> Result<String> {
+    let ask = |question: &str, history: &mut Vec<ChatMessage>| -> Result<String> {
         history.push(ChatMessage::user(question));
         let started = Instant::now();
         let answer = model
