@@ -8,9 +8,7 @@
 
 Prints sentences/s per batch size (encode() end to end: tokenise, forward, pool, normalise, to
 numpy) and, with --rust-embeddings, the worst cosine between the two implementations.
---f16-weights converts a model.f16.safetensors in the model dir to model.safetensors (float32)
-first: the GPU machine only receives 64 MiB, so the weights travel as f16 (both sides then
-use identical rounded weights).
+tools/bench/minilm_gpu_host.sh runs both on the GPU machine's CPU (and GPU).
 """
 
 from __future__ import annotations
@@ -34,17 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", default="16,32,64")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--f16-weights", action="store_true")
     args = parser.parse_args()
-
-    if args.f16_weights:
-        from safetensors.numpy import load_file, save_file
-
-        tensors = load_file(str(args.model_dir / "model.f16.safetensors"))
-        save_file(
-            {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in tensors.items()},
-            str(args.model_dir / "model.safetensors"),
-        )
 
     torch.set_num_threads(args.threads)
     sentences = json.loads(args.sentences.read_text())
