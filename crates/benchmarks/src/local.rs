@@ -116,38 +116,39 @@ impl LanguageModel for LocalModel {
         let device = model.model.device();
         let mut outputs = vec![String::new(); requests.len()];
         // One generate call per distinct decoding setting; prompts within it are batched.
-        let mut groups: Vec<(usize, f32, u64, Vec<String>, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(&GenerationRequest, Vec<usize>)> = Vec::new();
         for (index, request) in requests.iter().enumerate() {
-            let key = (
-                request.max_new_tokens,
-                request.temperature,
-                request.seed,
-                &request.stop,
-            );
-            match groups
-                .iter_mut()
-                .find(|g| (g.0, g.1, g.2, &g.3) == (key.0, key.1, key.2, key.3))
-            {
-                Some(group) => group.4.push(index),
-                None => groups.push((key.0, key.1, key.2, key.3.clone(), vec![index])),
+            let same_setting = |r: &GenerationRequest| {
+                (r.max_new_tokens, r.temperature, r.seed, &r.stop)
+                    == (
+                        request.max_new_tokens,
+                        request.temperature,
+                        request.seed,
+                        &request.stop,
+                    )
+            };
+            match groups.iter_mut().find(|(first, _)| same_setting(first)) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((request, vec![index])),
             }
         }
-        for (max_new_tokens, temperature, seed, stop, members) in groups {
+        for (setting, members) in groups {
             let prompts = members
                 .iter()
                 .map(|&i| Self::prompt_ids(&model, &requests[i].prompt))
                 .collect::<llama::Result<Vec<_>>>()?;
             // Stop strings become token sequences only as an early exit; the harness cuts the
             // text at the exact stop string afterwards.
-            let stop_sequences = stop
+            let stop_sequences = setting
+                .stop
                 .iter()
                 .filter(|s| !s.is_empty())
                 .map(|s| model.tokenizer.encode(s, false))
                 .collect::<llama::Result<Vec<_>>>()?;
             let config = GenerationConfig {
-                max_new_tokens,
-                temperature,
-                seed,
+                max_new_tokens: setting.max_new_tokens,
+                temperature: setting.temperature,
+                seed: setting.seed,
                 stop_token_ids: model.stop_token_ids(),
                 stop_sequences,
                 batch_size: self.batch_size,
