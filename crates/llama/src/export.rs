@@ -71,24 +71,12 @@ fn unique_suffix() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` atomically (the project's one helper:
+/// [`records::jsonl::write_atomic`]).
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.tmp-{}", unique_suffix()));
-    std::fs::write(&temp, bytes).map_err(io_error(&temp))?;
-    std::fs::rename(&temp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&temp);
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+    records::jsonl::write_atomic(path, bytes).map_err(|error| match error {
+        records::Error::Io { path, source } => Error::Io { path, source },
+        other => Error::InvalidArgument(other.to_string()),
     })
 }
 
