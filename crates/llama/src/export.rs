@@ -268,15 +268,13 @@ fn generation_config_json(config: &LlamaConfig, tokenizer: &Tokenizer) -> serde_
     serde_json::Value::Object(generation)
 }
 
-/// Writes a complete HF model directory at `dir`, replacing any directory already there only
-/// once the new one is complete.
-pub fn write_hf_dir(
+/// Builds a directory at `dir` whole or not at all: `fill` writes into a temporary sibling,
+/// which then replaces `dir` (an existing one is moved aside first and removed after). If
+/// `fill` fails, nothing at `dir` changes and the temporary directory is removed.
+pub fn replace_dir_atomically<T, E: From<Error>>(
     dir: impl AsRef<Path>,
-    config: &LlamaConfig,
-    weights: &dyn TensorSource,
-    tokenizer: &Tokenizer,
-    options: ExportOptions,
-) -> Result<ExportSummary> {
+    fill: impl FnOnce(&Path) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     let dir = dir.as_ref();
     let parent = dir
         .parent()
@@ -289,42 +287,28 @@ pub fn write_hf_dir(
                 "export target {} has no directory name",
                 dir.display()
             ))
-        })?
+        })
+        .map_err(E::from)?
         .to_string_lossy()
         .into_owned();
-    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    std::fs::create_dir_all(parent)
+        .map_err(io_error(parent))
+        .map_err(E::from)?;
     let mut staging = StagingDir {
         path: parent.join(format!(".{name}.tmp-{}", unique_suffix())),
         keep: false,
     };
-    std::fs::create_dir(&staging.path).map_err(io_error(&staging.path))?;
+    std::fs::create_dir(&staging.path)
+        .map_err(io_error(&staging.path))
+        .map_err(E::from)?;
+    let value = fill(&staging.path)?;
 
-    let mut hf_config = config.clone();
-    hf_config.torch_dtype = Some(torch_dtype_name(options.dtype).to_string());
-    if hf_config.eos_token_id.is_none() && !tokenizer.eos_token_ids().is_empty() {
-        hf_config.eos_token_id = Some(EosTokenId::Many(tokenizer.eos_token_ids().to_vec()));
-    }
-    let write_json = |file: &str, value: &serde_json::Value| {
-        write_file_atomically(
-            &staging.path.join(file),
-            serde_json::to_string_pretty(value)
-                .expect("json")
-                .as_bytes(),
-        )
-    };
-    write_json("config.json", &hf_config.to_hf_json())?;
-    write_json(
-        "generation_config.json",
-        &generation_config_json(config, tokenizer),
-    )?;
-    tokenizer.save(&staging.path)?;
-    let summary = write_weights(&staging.path, weights, &options)?;
-
-    // Swap into place: an existing directory is moved aside first and removed after.
     let backup = parent.join(format!(".{name}.old-{}", unique_suffix()));
     let had_previous = dir.exists();
     if had_previous {
-        std::fs::rename(dir, &backup).map_err(io_error(dir))?;
+        std::fs::rename(dir, &backup)
+            .map_err(io_error(dir))
+            .map_err(E::from)?;
     }
     if let Err(source) = std::fs::rename(&staging.path, dir) {
         if had_previous {
@@ -333,13 +317,64 @@ pub fn write_hf_dir(
         return Err(Error::Io {
             path: dir.to_path_buf(),
             source,
-        });
+        }
+        .into());
     }
     staging.keep = true;
     if had_previous {
-        std::fs::remove_dir_all(&backup).map_err(io_error(&backup))?;
+        std::fs::remove_dir_all(&backup)
+            .map_err(io_error(&backup))
+            .map_err(E::from)?;
     }
-    Ok(summary)
+    Ok(value)
+}
+
+/// Writes a complete HF model directory at `dir`, replacing any directory already there only
+/// once the new one is complete.
+pub fn write_hf_dir(
+    dir: impl AsRef<Path>,
+    config: &LlamaConfig,
+    weights: &dyn TensorSource,
+    tokenizer: &Tokenizer,
+    options: ExportOptions,
+) -> Result<ExportSummary> {
+    replace_dir_atomically(dir, |staging| {
+        let mut hf_config = config.clone();
+        hf_config.torch_dtype = Some(torch_dtype_name(options.dtype).to_string());
+        if hf_config.eos_token_id.is_none() && !tokenizer.eos_token_ids().is_empty() {
+            hf_config.eos_token_id = Some(EosTokenId::Many(tokenizer.eos_token_ids().to_vec()));
+        }
+        let write_json = |file: &str, value: &serde_json::Value| {
+            write_file_atomically(
+                &staging.join(file),
+                serde_json::to_string_pretty(value)
+                    .expect("json")
+                    .as_bytes(),
+            )
+        };
+        write_json("config.json", &hf_config.to_hf_json())?;
+        write_json(
+            "generation_config.json",
+            &generation_config_json(config, tokenizer),
+        )?;
+        tokenizer.save(staging)?;
+        write_weights(staging, weights, &options)
+    })
+}
+
+/// Writes every tensor of `tensors` into one safetensors file (header metadata
+/// `format: pt`, as PyTorch-side loaders such as PEFT expect).
+pub fn write_safetensors_file(
+    path: &Path,
+    tensors: &dyn TensorSource,
+    dtype: HostDType,
+) -> Result<()> {
+    let encoded: Vec<(String, EncodedTensor)> = tensors
+        .tensor_names()
+        .into_iter()
+        .map(|name| Ok((name.clone(), encode(tensors.tensor(&name)?, dtype))))
+        .collect::<Result<_>>()?;
+    write_shard(path, &encoded)
 }
 
 /// Converts a llama.cpp Llama GGUF into an HF directory (weights dequantised, Q/K permutation

@@ -28,6 +28,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod loglikelihood;
+pub mod lora;
 pub mod model;
 pub mod pretrained;
 pub mod rope;
@@ -41,12 +42,16 @@ pub use burn;
 pub use chat_template::{ChatMessage, ChatTemplate, RenderOptions, RenderedConversation};
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
-pub use export::{ExportOptions, ExportSummary, convert_gguf_to_hf_dir, write_hf_dir};
+pub use export::{
+    ExportOptions, ExportSummary, convert_gguf_to_hf_dir, replace_dir_atomically, write_hf_dir,
+    write_safetensors_file,
+};
 pub use gguf::{GgufFile, GgufModel};
 pub use kv_cache::KvCache;
+pub use lora::{LoraAdapter, ProjectionKind};
 pub use model::Llama;
 pub use pretrained::Pretrained;
 pub use safetensors_source::SafetensorsSource;
 pub use tensor_source::{HostDType, HostTensor, TensorSource};
 pub use tokenizer::Tokenizer;
-pub use weights::OwnedTensors;
+pub use weights::{OwnedTensors, host_tensor};

@@ -12,19 +12,22 @@ use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::{KvCache, LayerKv};
+use crate::lora::LoraAdapter;
 use crate::rope::{Rope, apply_rotary};
 
 /// A bias-free linear map `y = x·W` with `W` stored `[in, out]` (burn's `Linear` layout;
-/// HF stores `[out, in]`). A LoRA layer wraps one of these as `base(x) + scale·(x·A)·B`.
+/// HF stores `[out, in]`), optionally with a LoRA adapter: `y = x·W + scale·(dropout(x)·A)·B`.
 #[derive(Module, Debug)]
 pub struct Projection {
     pub weight: Param<Tensor<2>>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Projection {
     pub fn new(weight_in_out: Tensor<2>) -> Self {
         Self {
             weight: Param::from_tensor(weight_in_out),
+            lora: None,
         }
     }
 
@@ -34,7 +37,10 @@ impl Projection {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), None)
+        match &self.lora {
+            None => linear(x, self.weight.val(), None),
+            Some(adapter) => linear(x.clone(), self.weight.val(), None) + adapter.forward(x),
+        }
     }
 
     /// `[in, out]`.

@@ -198,7 +198,8 @@ impl Llama {
     }
 }
 
-fn host_tensor<const D: usize>(tensor: Tensor<D>) -> HostTensor<'static> {
+/// A device tensor copied to the host in its own dtype (f32, f16 or bf16).
+pub fn host_tensor<const D: usize>(tensor: Tensor<D>) -> HostTensor<'static> {
     let data = tensor.into_data();
     let shape = data.shape().to_vec();
     let (bytes, _, dtype) = data.into_parts();

@@ -149,6 +149,17 @@ impl<T: DeserializeOwned> JsonlReader<T> {
     }
 }
 
+impl<T> JsonlReader<T> {
+    /// The 1-based line of the record last returned (for errors found after parsing).
+    pub fn line_number(&self) -> usize {
+        self.line_number
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl<T: DeserializeOwned> Iterator for JsonlReader<T> {
     type Item = Result<T>;
 

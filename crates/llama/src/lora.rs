@@ -1,0 +1,302 @@
+//! LoRA adapters living inside the model's projections, so one forward serves base,
+//! base + adapter (training, merge verification) and merged weights alike.
+//!
+//! The adapter computes `scale·(dropout(x)·A)·B` beside the frozen base: no weight-sized
+//! dense update or gradient is ever formed while training. Its factors are kept in f32 whatever
+//! the model dtype (as PEFT's default `autocast_adapter_dtype` does), so small optimiser
+//! updates are not lost to bf16 rounding.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{FloatDType, Tensor};
+
+use crate::model::{Llama, Projection};
+use crate::{Error, Result};
+
+/// The seven projections of a Llama decoder layer that LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProjectionKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl ProjectionKind {
+    pub const ALL: [ProjectionKind; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// HF/PEFT module name (`q_proj`, ...), as used in `target_modules`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    /// Path inside a decoder layer (`self_attn.q_proj`, `mlp.up_proj`, ...).
+    pub fn module_path(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+}
+
+impl std::str::FromStr for ProjectionKind {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.hf_name() == name)
+            .ok_or_else(|| {
+                let accepted: Vec<_> = Self::ALL.iter().map(|k| k.hf_name()).collect();
+                Error::InvalidArgument(format!(
+                    "unknown LoRA target `{name}` (accepted: {})",
+                    accepted.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for ProjectionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.hf_name())
+    }
+}
+
+/// A low-rank update of one projection: `scale·(dropout(x)·A)·B`.
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `[in, rank]`: PEFT's `lora_A.weight` transposed.
+    pub a: Param<Tensor<2>>,
+    /// `[rank, out]`: PEFT's `lora_B.weight` transposed.
+    pub b: Param<Tensor<2>>,
+    /// `alpha / rank`.
+    pub scale: f64,
+    pub dropout: Dropout,
+}
+
+impl LoraAdapter {
+    /// From factors `a` `[in, rank]` and `b` `[rank, out]` (cast to f32).
+    pub fn new(a: Tensor<2>, b: Tensor<2>, scale: f64, dropout: f64) -> Result<Self> {
+        let [_, rank_a] = a.dims();
+        let [rank_b, _] = b.dims();
+        if rank_a != rank_b || rank_a == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "LoRA factors disagree on the rank: A is {:?}, B is {:?}",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(Error::InvalidArgument(format!(
+                "LoRA dropout must be in [0, 1), got {dropout}"
+            )));
+        }
+        Ok(Self {
+            a: Param::from_tensor(a.cast(FloatDType::F32)),
+            b: Param::from_tensor(b.cast(FloatDType::F32)),
+            scale,
+            dropout: DropoutConfig::new(dropout).init(),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.val().dims()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = self.dropout.forward(x).cast(FloatDType::F32);
+        linear(linear(x, self.a.val(), None), self.b.val(), None)
+            .mul_scalar(self.scale)
+            .cast(dtype)
+    }
+
+    /// The dense update `scale·A·B` `[in, out]` in f32 (for merging).
+    pub fn delta(&self) -> Tensor<2> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
+    }
+}
+
+impl Projection {
+    /// This projection with its adapter folded into the weight (`W + scale·A·B`, rounded once
+    /// to the weight's dtype) and removed.
+    pub fn merged(self) -> Projection {
+        match self.lora {
+            None => self,
+            Some(adapter) => {
+                let weight = self.weight.val();
+                let dtype = weight.dtype();
+                let merged = (weight.cast(FloatDType::F32) + adapter.delta()).cast(dtype);
+                Projection::new(merged)
+            }
+        }
+    }
+}
+
+impl Llama {
+    pub fn projection(&self, layer: usize, kind: ProjectionKind) -> &Projection {
+        let layer = &self.layers[layer];
+        match kind {
+            ProjectionKind::Q => &layer.self_attn.q_proj,
+            ProjectionKind::K => &layer.self_attn.k_proj,
+            ProjectionKind::V => &layer.self_attn.v_proj,
+            ProjectionKind::O => &layer.self_attn.o_proj,
+            ProjectionKind::Gate => &layer.mlp.gate_proj,
+            ProjectionKind::Up => &layer.mlp.up_proj,
+            ProjectionKind::Down => &layer.mlp.down_proj,
+        }
+    }
+
+    pub fn projection_mut(&mut self, layer: usize, kind: ProjectionKind) -> &mut Projection {
+        let layer = &mut self.layers[layer];
+        match kind {
+            ProjectionKind::Q => &mut layer.self_attn.q_proj,
+            ProjectionKind::K => &mut layer.self_attn.k_proj,
+            ProjectionKind::V => &mut layer.self_attn.v_proj,
+            ProjectionKind::O => &mut layer.self_attn.o_proj,
+            ProjectionKind::Gate => &mut layer.mlp.gate_proj,
+            ProjectionKind::Up => &mut layer.mlp.up_proj,
+            ProjectionKind::Down => &mut layer.mlp.down_proj,
+        }
+    }
+
+    /// `(layer, kind)` of every projection carrying an adapter, in layer-then-kind order
+    /// (the order optimiser state and checkpoints use).
+    pub fn adapted_projections(&self) -> Vec<(usize, ProjectionKind)> {
+        (0..self.layers.len())
+            .flat_map(|layer| ProjectionKind::ALL.map(|kind| (layer, kind)))
+            .filter(|&(layer, kind)| self.projection(layer, kind).lora.is_some())
+            .collect()
+    }
+
+    /// The model with every adapter folded into its base weight.
+    pub fn merge_adapters(mut self) -> Llama {
+        for layer in 0..self.layers.len() {
+            for kind in ProjectionKind::ALL {
+                let slot = self.projection_mut(layer, kind);
+                let projection = std::mem::replace(slot, placeholder(slot));
+                *slot = projection.merged();
+            }
+        }
+        self
+    }
+
+    /// Removes every adapter (back to the base model).
+    pub fn remove_adapters(mut self) -> Llama {
+        for layer in 0..self.layers.len() {
+            for kind in ProjectionKind::ALL {
+                self.projection_mut(layer, kind).lora = None;
+            }
+        }
+        self
+    }
+}
+
+/// A cheap stand-in while a projection is moved out of its slot (tensors are reference-counted).
+fn placeholder(projection: &Projection) -> Projection {
+    Projection {
+        weight: Param::from_tensor(projection.weight.val()),
+        lora: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+    use crate::generate::left_padded;
+    use crate::model::tests::{max_abs_diff, tiny_model, to_vec};
+
+    fn random(shape: [usize; 2], seed: u64, device: &Device) -> Tensor<2> {
+        device.seed(seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 0.05), device)
+    }
+
+    #[test]
+    fn target_names_round_trip_and_unknown_names_list_the_accepted_ones() {
+        for kind in ProjectionKind::ALL {
+            assert_eq!(kind.hf_name().parse::<ProjectionKind>().unwrap(), kind);
+        }
+        let error = "qkv_proj"
+            .parse::<ProjectionKind>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("qkv_proj") && error.contains("gate_proj"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn adapter_changes_logits_and_merging_reproduces_them() {
+        let (mut model, device) = tiny_model(7);
+        let (tokens, mask) = left_padded(&[&[3, 9, 27, 81][..], &[5, 6][..]], &device);
+        let base = to_vec(model.forward(tokens.clone(), mask.clone(), None));
+        for layer in 0..model.layers.len() {
+            for (index, kind) in ProjectionKind::ALL.into_iter().enumerate() {
+                let [input, output] = model.projection(layer, kind).dims();
+                let seed = (layer * 7 + index) as u64;
+                let adapter = LoraAdapter::new(
+                    random([input, 4], seed, &device),
+                    random([4, output], seed + 100, &device),
+                    2.0,
+                    0.0,
+                )
+                .unwrap();
+                model.projection_mut(layer, kind).lora = Some(adapter);
+            }
+        }
+        assert_eq!(model.adapted_projections().len(), model.layers.len() * 7);
+        let adapted = to_vec(model.forward(tokens.clone(), mask.clone(), None));
+        assert!(
+            max_abs_diff(&base, &adapted) > 1e-3,
+            "adapter had no effect"
+        );
+        let merged = model.clone().merge_adapters();
+        assert!(merged.adapted_projections().is_empty());
+        let merged_logits = to_vec(merged.forward(tokens.clone(), mask.clone(), None));
+        let diff = max_abs_diff(&adapted, &merged_logits);
+        assert!(diff < 1e-4, "merged differs from base + adapter by {diff}");
+        let removed = to_vec(model.remove_adapters().forward(tokens, mask, None));
+        assert_eq!(removed, base);
+    }
+
+    #[test]
+    fn mismatched_factors_are_rejected() {
+        let device = Device::flex();
+        let error = LoraAdapter::new(
+            random([8, 4], 1, &device),
+            random([3, 8], 2, &device),
+            1.0,
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("rank"), "{error}");
+    }
+}

@@ -1,0 +1,664 @@
+//! The training loop: token-normalised gradient accumulation, clipping, AdamW with warm-up and
+//! cosine decay, held-out loss, atomic checkpoints and exact resume.
+//!
+//! Exact resume rests on three things: the adapter and optimiser state are saved as raw f32;
+//! the batches of an epoch are a pure function of (seed, epoch) (see [`crate::batches`]); and
+//! the backend's RNG (adapter dropout) is re-seeded from (seed, step) before every step, so the
+//! RNG state of a step is its number.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use llama::burn::module::{Module, Param};
+use llama::burn::tensor::activation::log_softmax;
+use llama::burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use llama::{HostDType, Llama, OwnedTensors, ProjectionKind, host_tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{
+    PeftAdapterConfig, f32_tensor, f32_values, load_peft_adapter, peft_tensor_name,
+    write_peft_files,
+};
+use crate::batches::{epoch_batches, padding_fraction};
+use crate::config::{LoraConfig, TrainConfig};
+use crate::optim::{AdamW, clip_grad_norm};
+use crate::plot::write_loss_plot;
+use crate::tokenized::{TokenizedData, TokenizedSplit};
+use crate::{Error, Result, error::io_error};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOSS_PLOT_FILE: &str = "loss.svg";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    Train(StepMetrics),
+    Eval(EvalMetrics),
+}
+
+impl Metric {
+    pub fn step(&self) -> usize {
+        match self {
+            Metric::Train(m) => m.step,
+            Metric::Eval(m) => m.step,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimiser steps completed (1-based).
+    pub step: usize,
+    pub epoch: f64,
+    /// Mean loss per target token over the step's micro-batches.
+    pub loss: f64,
+    pub learning_rate: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub target_tokens: usize,
+    /// Real (non-padding) tokens through the model.
+    pub tokens: usize,
+    /// Positions computed, padding included.
+    pub computed_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub step: usize,
+    pub eval_loss: f64,
+    pub eval_tokens: usize,
+}
+
+/// Checkpointed bookkeeping beside the adapter and optimiser tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+    optimizer_steps: u64,
+    seed: u64,
+    data_fingerprint: String,
+    train: TrainConfig,
+    lora: LoraConfig,
+    /// How the RNG state is restored (documentation for people reading the checkpoint).
+    rng: String,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct TrainingOutcome {
+    /// The model with trained adapters (on the training device).
+    pub model: Llama,
+    pub steps: usize,
+    pub resumed_from: Option<usize>,
+    pub final_eval_loss: Option<f64>,
+    pub metrics: Vec<Metric>,
+    /// Padding share of the computed positions over the epoch schedule.
+    pub padding_fraction: f64,
+}
+
+/// A training device for `device`: autodiff, with burn's activation recomputation when asked.
+pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
+    let device = device.clone().autodiff();
+    if gradient_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    }
+}
+
+/// Freezes every base weight of a model loaded on a training device (adapters are attached
+/// after this and are the only tensors that receive gradients).
+pub fn freeze_base(model: Llama) -> Llama {
+    model.no_grad()
+}
+
+/// Everything [`train`] needs besides the model.
+#[derive(Debug)]
+pub struct TrainingSetup<'a> {
+    pub data: &'a TokenizedData,
+    pub train: &'a TrainConfig,
+    pub lora: &'a LoraConfig,
+    pub run_dir: &'a Path,
+    /// Token id written into padding positions (never a target).
+    pub pad_token_id: u32,
+    /// Base model name for the adapter config.
+    pub base_model: Option<&'a str>,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Stop after this many steps even if the schedule is longer (the schedule, and so the
+    /// learning rates, stay those of the full run). For tests that interrupt a run.
+    pub stop_after: Option<usize>,
+}
+
+/// Trains the adapters of `model` (on a training device, base frozen, adapters attached or
+/// loaded) and writes metrics, checkpoints and the loss plot into the run directory.
+pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutcome> {
+    let TrainingSetup {
+        data,
+        train: config,
+        lora,
+        run_dir,
+        ..
+    } = *setup;
+    config.validate()?;
+    if model.adapted_projections().is_empty() {
+        return Err(Error::InvalidConfig(
+            "the model carries no adapter to train (attach_adapters first)".into(),
+        ));
+    }
+    let device = model.device();
+    if !device.is_autodiff() {
+        return Err(Error::InvalidConfig(
+            "the model is not on a training device (see training_device)".into(),
+        ));
+    }
+    let lengths = data.train.lengths();
+    let batches_per_epoch = lengths.len().div_ceil(config.micro_batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation_steps);
+    let total_steps = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
+    let padding = padding_fraction(
+        &epoch_batches(
+            &lengths,
+            config.micro_batch_size,
+            config.length_group_size,
+            config.seed,
+            0,
+        ),
+        &lengths,
+    );
+    std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+    let metrics_path = run_dir.join(METRICS_FILE);
+
+    let plain: Vec<Tensor<2>> = trainable(&model).into_iter().map(Tensor::inner).collect();
+    let mut optimizer = AdamW::new(&plain);
+    let mut metrics: Vec<Metric> = Vec::new();
+    let mut start_step = 0;
+    let mut resumed_from = None;
+    if setup.resume
+        && let Some(checkpoint) = latest_checkpoint(run_dir)?
+    {
+        let state = restore(&mut model, &mut optimizer, &checkpoint)?;
+        if state.data_fingerprint != data.meta.fingerprint {
+            return Err(Error::InvalidConfig(format!(
+                "{}: the training data or tokenizer changed since this checkpoint",
+                checkpoint.display()
+            )));
+        }
+        if state.train != *config || state.lora != *lora {
+            return Err(Error::InvalidConfig(format!(
+                "{}: the train/lora configuration differs from the checkpoint's; \
+                 resume with the same configuration",
+                checkpoint.display()
+            )));
+        }
+        start_step = state.step;
+        resumed_from = Some(state.step);
+        metrics = read_metrics(&metrics_path)?
+            .into_iter()
+            .filter(|m| m.step() <= start_step)
+            .collect();
+        records::jsonl::write_jsonl_atomic(&metrics_path, &metrics)?;
+        tracing::info!("resuming from {} (step {start_step})", checkpoint.display());
+    } else {
+        records::jsonl::write_jsonl_atomic(&metrics_path, std::iter::empty::<Metric>())?;
+    }
+
+    let end_step = setup.stop_after.map_or(total_steps, |s| s.min(total_steps));
+    let progress = indicatif::ProgressBar::new(total_steps as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    progress.set_position(start_step as u64);
+    progress.reset_eta();
+    let started = Instant::now();
+    let mut epoch_cache: Option<(u64, Vec<Vec<usize>>)> = None;
+
+    for step in start_step..end_step {
+        let step_started = Instant::now();
+        let learning_rate = config.learning_rate_at(step, total_steps);
+        // The RNG state of a step is its number: dropout masks repeat exactly on resume.
+        device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
+        let micro_batches = step_batches(step, steps_per_epoch, config, &lengths, &mut epoch_cache);
+        let target_tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|&i| targets_of(&data.train, i))
+            .sum();
+        let params = trainable(&model);
+        let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+        let mut loss_sum = 0.0f64;
+        let (mut tokens, mut computed) = (0usize, 0usize);
+        for indices in &micro_batches {
+            let batch = Batch::new(&data.train, indices, setup.pad_token_id, &device);
+            tokens += batch.real_tokens;
+            computed += batch.computed_tokens;
+            let loss = batch
+                .loss_sum(&model)
+                .div_scalar(target_tokens.max(1) as f64);
+            let gradients = loss.backward();
+            loss_sum += f32_values(loss)[0] as f64;
+            for (slot, param) in grads.iter_mut().zip(&params) {
+                let grad = param
+                    .grad(&gradients)
+                    .unwrap_or_else(|| param.clone().inner().zeros_like());
+                *slot = Some(match slot.take() {
+                    None => grad,
+                    Some(sum) => sum + grad,
+                });
+            }
+        }
+        let grads: Vec<Tensor<2>> = grads
+            .into_iter()
+            .map(|g| g.expect("one micro-batch"))
+            .collect();
+        let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
+        let plain: Vec<Tensor<2>> = params.into_iter().map(Tensor::inner).collect();
+        let updated = optimizer.step(plain, grads, learning_rate, config);
+        set_trainable(&mut model, updated);
+
+        let seconds = step_started.elapsed().as_secs_f64();
+        let done = step + 1;
+        let step_metrics = StepMetrics {
+            step: done,
+            epoch: done as f64 / steps_per_epoch as f64,
+            loss: loss_sum,
+            learning_rate,
+            grad_norm,
+            target_tokens,
+            tokens,
+            computed_tokens: computed,
+            seconds,
+            tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        };
+        progress.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            step_metrics.loss, learning_rate, step_metrics.tokens_per_second
+        ));
+        progress.inc(1);
+        append_metric(&metrics_path, &Metric::Train(step_metrics.clone()))?;
+        metrics.push(Metric::Train(step_metrics));
+
+        let last = done == end_step;
+        if ((config.eval_every > 0 && done % config.eval_every == 0) || last)
+            && !data.eval.is_empty()
+        {
+            let (eval_loss, eval_tokens) = eval_loss(
+                &model,
+                &data.eval,
+                config.micro_batch_size,
+                setup.pad_token_id,
+            );
+            let metric = Metric::Eval(EvalMetrics {
+                step: done,
+                eval_loss,
+                eval_tokens,
+            });
+            append_metric(&metrics_path, &metric)?;
+            metrics.push(metric);
+            progress.println(format!("step {done}: eval loss {eval_loss:.4}"));
+        }
+        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || last {
+            let state = TrainerState {
+                step: done,
+                total_steps,
+                optimizer_steps: optimizer.steps,
+                seed: config.seed,
+                data_fingerprint: data.meta.fingerprint.clone(),
+                train: config.clone(),
+                lora: lora.clone(),
+                rng: "backend RNG re-seeded from (seed, step) before each step; \
+                      batch order is a function of (seed, epoch)"
+                    .into(),
+            };
+            save_checkpoint(run_dir, &model, &optimizer, &state, setup.base_model)?;
+            prune_checkpoints(run_dir, config.keep_checkpoints)?;
+        }
+    }
+    progress.finish_and_clear();
+    tracing::info!(
+        "trained {} steps in {:.1}s",
+        end_step - start_step,
+        started.elapsed().as_secs_f64()
+    );
+    write_loss_plot(&run_dir.join(LOSS_PLOT_FILE), &metrics)?;
+    let final_eval_loss = metrics.iter().rev().find_map(|m| match m {
+        Metric::Eval(e) => Some(e.eval_loss),
+        Metric::Train(_) => None,
+    });
+    Ok(TrainingOutcome {
+        model,
+        steps: end_step,
+        resumed_from,
+        final_eval_loss,
+        metrics,
+        padding_fraction: padding,
+    })
+}
+
+/// Mean loss per target token of `model` over `split` (no dropout, no autodiff).
+pub fn eval_loss(
+    model: &Llama,
+    split: &TokenizedSplit,
+    batch_size: usize,
+    pad_token_id: u32,
+) -> (f64, usize) {
+    let model = model.valid();
+    let device = model.device();
+    let order: Vec<usize> = {
+        let lengths = split.lengths();
+        let mut order: Vec<usize> = (0..split.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        order
+    };
+    let (mut total, mut targets) = (0.0f64, 0usize);
+    for indices in order.chunks(batch_size) {
+        let batch = Batch::new(split, indices, pad_token_id, &device);
+        targets += batch.target_tokens;
+        total += f32_values(batch.loss_sum(&model))[0] as f64;
+    }
+    (total / targets.max(1) as f64, targets)
+}
+
+/// The micro-batches of 0-based optimiser step `step`.
+fn step_batches(
+    step: usize,
+    steps_per_epoch: usize,
+    config: &TrainConfig,
+    lengths: &[usize],
+    cache: &mut Option<(u64, Vec<Vec<usize>>)>,
+) -> Vec<Vec<usize>> {
+    let epoch = (step / steps_per_epoch) as u64;
+    if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+        *cache = Some((
+            epoch,
+            epoch_batches(
+                lengths,
+                config.micro_batch_size,
+                config.length_group_size,
+                config.seed,
+                epoch,
+            ),
+        ));
+    }
+    let batches = &cache.as_ref().expect("filled above").1;
+    let first = (step % steps_per_epoch) * config.gradient_accumulation_steps;
+    let last = (first + config.gradient_accumulation_steps).min(batches.len());
+    batches[first..last].to_vec()
+}
+
+/// Target tokens of one example: trained tokens after the first position (the first token has
+/// nothing before it to predict it from).
+fn targets_of(split: &TokenizedSplit, example: usize) -> usize {
+    split
+        .trained(example)
+        .iter()
+        .skip(1)
+        .filter(|&&t| t)
+        .count()
+}
+
+/// One right-padded micro-batch: inputs `[B, T-1]`, next-token labels and a target mask.
+struct Batch {
+    inputs: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+    target_mask: Tensor<2>,
+    real_tokens: usize,
+    computed_tokens: usize,
+    target_tokens: usize,
+}
+
+impl Batch {
+    fn new(split: &TokenizedSplit, indices: &[usize], pad: u32, device: &Device) -> Self {
+        let longest = indices
+            .iter()
+            .map(|&i| split.span(i).len as usize)
+            .max()
+            .unwrap_or(1);
+        let width = longest.max(2) - 1;
+        let rows = indices.len();
+        let mut inputs = vec![pad as i64; rows * width];
+        let mut labels = vec![pad as i64; rows * width];
+        let mut mask = vec![0.0f32; rows * width];
+        let (mut real, mut targets) = (0, 0);
+        for (row, &example) in indices.iter().enumerate() {
+            let tokens = split.tokens(example);
+            let trained = split.trained(example);
+            real += tokens.len();
+            for position in 0..tokens.len().saturating_sub(1) {
+                inputs[row * width + position] = tokens[position] as i64;
+                labels[row * width + position] = tokens[position + 1] as i64;
+                if trained[position + 1] {
+                    mask[row * width + position] = 1.0;
+                    targets += 1;
+                }
+            }
+        }
+        Self {
+            inputs: Tensor::from_data(TensorData::new(inputs, [rows, width]), device),
+            labels: Tensor::from_data(TensorData::new(labels, [rows, width]), device),
+            target_mask: Tensor::from_data(
+                TensorData::new(mask, [rows, width]),
+                (device, DType::F32),
+            ),
+            real_tokens: real,
+            computed_tokens: rows * longest,
+            target_tokens: targets,
+        }
+    }
+
+    /// Summed negative log-likelihood of the targets (f32).
+    ///
+    /// Padding sits only at the end of a row, so real tokens never see it under a plain
+    /// causal mask: the model runs with an all-ones attention mask, which keeps the fused
+    /// causal attention path.
+    fn loss_sum(&self, model: &Llama) -> Tensor<1> {
+        let [rows, width] = self.inputs.dims();
+        let device = self.inputs.device();
+        let attention = Tensor::<2, Int>::ones([rows, width], &device);
+        let logits = model.forward(self.inputs.clone(), attention, None);
+        let log_probs = log_softmax(logits.cast(FloatDType::F32), 2);
+        let picked = log_probs
+            .gather(2, self.labels.clone().unsqueeze_dim::<3>(2))
+            .reshape([rows, width]);
+        (picked * self.target_mask.clone()).sum().neg()
+    }
+}
+
+/// The trainable factors, in [`Llama::adapted_projections`] order, A then B.
+fn trainable(model: &Llama) -> Vec<Tensor<2>> {
+    model
+        .adapted_projections()
+        .into_iter()
+        .flat_map(|(layer, kind)| {
+            let adapter = model
+                .projection(layer, kind)
+                .lora
+                .as_ref()
+                .expect("adapted");
+            [adapter.a.val(), adapter.b.val()]
+        })
+        .collect()
+}
+
+/// Installs updated factors (plain tensors) as new trainable leaves on the model's device.
+fn set_trainable(model: &mut Llama, values: Vec<Tensor<2>>) {
+    let strategy = model.device().gradient_checkpointing_strategy();
+    let leaf = |value: Tensor<2>| {
+        let mut value = value.autodiff();
+        if let Some(strategy) = strategy {
+            value = value.with_gradient_checkpointing_strategy(strategy);
+        }
+        Param::from_tensor(value.require_grad())
+    };
+    let mut values = values.into_iter();
+    for (layer, kind) in model.adapted_projections() {
+        let adapter = model
+            .projection_mut(layer, kind)
+            .lora
+            .as_mut()
+            .expect("adapted");
+        adapter.a = leaf(values.next().expect("A"));
+        adapter.b = leaf(values.next().expect("B"));
+    }
+}
+
+fn append_metric(path: &Path, metric: &Metric) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    let line = serde_json::to_string(metric).expect("metric serialises");
+    writeln!(file, "{line}").map_err(io_error(path))
+}
+
+pub fn read_metrics(path: &Path) -> Result<Vec<Metric>> {
+    Ok(records::jsonl::read_jsonl(path)?)
+}
+
+fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir
+        .join(CHECKPOINTS_DIR)
+        .join(format!("step-{step:06}"))
+}
+
+fn checkpoint_steps(run_dir: &Path) -> Result<Vec<usize>> {
+    let dir = run_dir.join(CHECKPOINTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut steps = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error(&dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse().ok())
+            && entry.path().join(STATE_FILE).exists()
+        {
+            steps.push(step);
+        }
+    }
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(checkpoint_steps(run_dir)?
+        .last()
+        .map(|&step| checkpoint_dir(run_dir, step)))
+}
+
+fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+    let steps = checkpoint_steps(run_dir)?;
+    for &step in steps.iter().take(steps.len().saturating_sub(keep)) {
+        let dir = checkpoint_dir(run_dir, step);
+        std::fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint directory is a loadable PEFT adapter plus the optimiser moments and the
+/// trainer state, written whole or not at all.
+fn save_checkpoint(
+    run_dir: &Path,
+    model: &Llama,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    base_model: Option<&str>,
+) -> Result<()> {
+    let mut moments = OwnedTensors::new("optimizer state");
+    let names = factor_names(model);
+    for (index, name) in names.iter().enumerate() {
+        moments.insert(
+            &format!("{name}.exp_avg"),
+            host_tensor(optimizer.exp_avg[index].clone()),
+        );
+        moments.insert(
+            &format!("{name}.exp_avg_sq"),
+            host_tensor(optimizer.exp_avg_sq[index].clone()),
+        );
+    }
+    let peft = PeftAdapterConfig::from_lora(&state.lora, base_model)?;
+    llama::replace_dir_atomically(checkpoint_dir(run_dir, state.step), |staging| {
+        write_peft_files(staging, model, &peft)?;
+        llama::write_safetensors_file(&staging.join(OPTIMIZER_FILE), &moments, HostDType::F32)?;
+        // The state file goes last: a directory without it is not a checkpoint.
+        llama::export::write_file_atomically(
+            &staging.join(STATE_FILE),
+            serde_json::to_string_pretty(state)
+                .expect("state serialises")
+                .as_bytes(),
+        )?;
+        Ok::<(), Error>(())
+    })?;
+    Ok(())
+}
+
+/// PEFT names of the trainable factors in [`trainable`] order.
+fn factor_names(model: &Llama) -> Vec<String> {
+    model
+        .adapted_projections()
+        .into_iter()
+        .flat_map(|(layer, kind): (usize, ProjectionKind)| {
+            [
+                peft_tensor_name(layer, kind, "lora_A"),
+                peft_tensor_name(layer, kind, "lora_B"),
+            ]
+        })
+        .collect()
+}
+
+fn restore(model: &mut Llama, optimizer: &mut AdamW, checkpoint: &Path) -> Result<TrainerState> {
+    let state_path = checkpoint.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io_error(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::InvalidFile {
+        path: state_path,
+        message: e.to_string(),
+    })?;
+    let device = model.device();
+    load_peft_adapter(model, checkpoint)?;
+    // Loaded factors become trainable leaves like freshly attached ones.
+    let values: Vec<Tensor<2>> = trainable(model).into_iter().map(Tensor::inner).collect();
+    set_trainable(model, values);
+    let path = checkpoint.join(OPTIMIZER_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::InvalidFile {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let inner = device.clone().inner();
+    let read = |name: &str| -> Result<Tensor<2>> {
+        let view = file.tensor(name).map_err(|_| Error::InvalidFile {
+            path: path.clone(),
+            message: format!("tensor `{name}` is missing"),
+        })?;
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let shape = [view.shape()[0], view.shape()[1]];
+        Ok(f32_tensor(values, shape, &inner))
+    };
+    let names = factor_names(model);
+    optimizer.exp_avg = names
+        .iter()
+        .map(|n| read(&format!("{n}.exp_avg")))
+        .collect::<Result<_>>()?;
+    optimizer.exp_avg_sq = names
+        .iter()
+        .map(|n| read(&format!("{n}.exp_avg_sq")))
+        .collect::<Result<_>>()?;
+    optimizer.steps = state.optimizer_steps;
+    Ok(state)
+}
