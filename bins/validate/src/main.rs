@@ -187,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("{benchmark:?}"))?;
         results.push(result);
     }
-    println!("{}", table(&results));
+    println!("{}", benchmarks::results_table(&results));
     for result in &results {
         for note in &result.notes {
             println!("{}: {note}", result.benchmark);
@@ -195,35 +195,4 @@ fn main() -> anyhow::Result<()> {
     }
     println!("records and results in {}", args.out.display());
     Ok(())
-}
-
-fn table(results: &[BenchmarkResult]) -> String {
-    let mut lines = vec![format!(
-        "{:<10} {:<16} {:>6} {:<20} {:>7} {:>7} {:>17} {:>7}",
-        "benchmark", "protocol", "n", "metric", "mean", "stderr", "95% CI", "macro"
-    )];
-    for result in results {
-        for (name, summary) in &result.metrics {
-            let is_primary = *name == result.primary_metric;
-            lines.push(format!(
-                "{:<10} {:<16} {:>6} {:<20} {:>7.4} {:>7.4} {:>17} {:>7}",
-                result.benchmark,
-                result.protocol,
-                result.n,
-                if is_primary {
-                    format!("{name} *")
-                } else {
-                    name.clone()
-                },
-                summary.mean,
-                summary.stderr,
-                format!("[{:.4}, {:.4}]", summary.ci95[0], summary.ci95[1]),
-                match (is_primary, result.macro_average) {
-                    (true, Some(m)) => format!("{m:.4}"),
-                    _ => String::new(),
-                }
-            ));
-        }
-    }
-    lines.join("\n")
 }

@@ -29,6 +29,7 @@ pub mod mmlu;
 pub mod model;
 pub mod openai;
 pub mod record_log;
+pub mod report;
 pub mod sandbox;
 pub mod stats;
 
@@ -41,3 +42,4 @@ pub use mmlu::{MmluOptions, MmluProtocol, run_mmlu};
 pub use model::{GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest};
 pub use openai::OpenAiEndpoint;
 pub use records::eval::{BenchmarkResult, ChatMessage, EvalRecord, Prompt, Role};
+pub use report::{comparison_markdown, results_table};

@@ -53,5 +53,6 @@ pub use data::DataFormat;
 pub use error::{Error, Result};
 pub use tokenized::{MaskingAudit, TokenizedData, tokenize_data};
 pub use trainer::{
-    Metric, TrainingOutcome, TrainingSetup, eval_loss, freeze_base, train, training_device,
+    Batch, Metric, TrainingOutcome, TrainingSetup, eval_loss, freeze_base, new_optimizer,
+    optimizer_step, train, training_device,
 };

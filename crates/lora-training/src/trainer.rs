@@ -177,8 +177,7 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
     let metrics_path = run_dir.join(METRICS_FILE);
 
-    let plain: Vec<Tensor<2>> = trainable(&model).into_iter().map(Tensor::inner).collect();
-    let mut optimizer = AdamW::new(&plain);
+    let mut optimizer = new_optimizer(&model);
     let mut metrics: Vec<Metric> = Vec::new();
     let mut start_step = 0;
     let mut resumed_from = None;
@@ -234,37 +233,20 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             .flatten()
             .map(|&i| targets_of(&data.train, i))
             .sum();
-        let params = trainable(&model);
-        let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
-        let mut loss_sum = 0.0f64;
-        let (mut tokens, mut computed) = (0usize, 0usize);
-        for indices in &micro_batches {
-            let batch = Batch::new(&data.train, indices, setup.pad_token_id, &device);
-            tokens += batch.real_tokens;
-            computed += batch.computed_tokens;
-            let loss = batch
-                .loss_sum(&model)
-                .div_scalar(target_tokens.max(1) as f64);
-            let gradients = loss.backward();
-            loss_sum += f32_values(loss)[0] as f64;
-            for (slot, param) in grads.iter_mut().zip(&params) {
-                let grad = param
-                    .grad(&gradients)
-                    .unwrap_or_else(|| param.clone().inner().zeros_like());
-                *slot = Some(match slot.take() {
-                    None => grad,
-                    Some(sum) => sum + grad,
-                });
-            }
-        }
-        let grads: Vec<Tensor<2>> = grads
-            .into_iter()
-            .map(|g| g.expect("one micro-batch"))
+        let batches: Vec<Batch> = micro_batches
+            .iter()
+            .map(|indices| Batch::from_split(&data.train, indices, setup.pad_token_id, &device))
             .collect();
-        let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
-        let plain: Vec<Tensor<2>> = params.into_iter().map(Tensor::inner).collect();
-        let updated = optimizer.step(plain, grads, learning_rate, config);
-        set_trainable(&mut model, updated);
+        let tokens = batches.iter().map(|b| b.real_tokens).sum();
+        let computed = batches.iter().map(|b| b.computed_tokens).sum();
+        let (loss_sum, grad_norm) = optimizer_step(
+            &mut model,
+            &mut optimizer,
+            &batches,
+            target_tokens,
+            learning_rate,
+            config,
+        );
 
         let seconds = step_started.elapsed().as_secs_f64();
         let done = step + 1;
@@ -345,6 +327,54 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     })
 }
 
+/// One optimiser step over `batches` (the micro-batches of the step): gradients of the loss
+/// summed over all their targets and divided by `target_tokens` (the step's total, so the
+/// step equals one large batch however it is split), global-norm clipping, AdamW. Returns the
+/// step's mean loss per target token and the gradient norm before clipping.
+pub fn optimizer_step(
+    model: &mut Llama,
+    optimizer: &mut AdamW,
+    batches: &[Batch],
+    target_tokens: usize,
+    learning_rate: f64,
+    config: &TrainConfig,
+) -> (f64, f64) {
+    let params = trainable(model);
+    let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+    let mut loss_sum = 0.0f64;
+    for batch in batches {
+        let loss = batch
+            .loss_sum(model)
+            .div_scalar(target_tokens.max(1) as f64);
+        let gradients = loss.backward();
+        loss_sum += f32_values(loss)[0] as f64;
+        for (slot, param) in grads.iter_mut().zip(&params) {
+            let grad = param
+                .grad(&gradients)
+                .unwrap_or_else(|| param.clone().inner().zeros_like());
+            *slot = Some(match slot.take() {
+                None => grad,
+                Some(sum) => sum + grad,
+            });
+        }
+    }
+    let grads: Vec<Tensor<2>> = grads
+        .into_iter()
+        .map(|g| g.expect("at least one micro-batch"))
+        .collect();
+    let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
+    let plain: Vec<Tensor<2>> = params.into_iter().map(Tensor::inner).collect();
+    let updated = optimizer.step(plain, grads, learning_rate, config);
+    set_trainable(model, updated);
+    (loss_sum, grad_norm)
+}
+
+/// Zero AdamW state for the adapters `model` carries.
+pub fn new_optimizer(model: &Llama) -> AdamW {
+    let plain: Vec<Tensor<2>> = trainable(model).into_iter().map(Tensor::inner).collect();
+    AdamW::new(&plain)
+}
+
 /// Mean loss per target token of `model` over `split` (no dropout, no autodiff).
 pub fn eval_loss(
     model: &Llama,
@@ -362,7 +392,7 @@ pub fn eval_loss(
     };
     let (mut total, mut targets) = (0.0f64, 0usize);
     for indices in order.chunks(batch_size) {
-        let batch = Batch::new(split, indices, pad_token_id, &device);
+        let batch = Batch::from_split(split, indices, pad_token_id, &device);
         targets += batch.target_tokens;
         total += f32_values(batch.loss_sum(&model))[0] as f64;
     }
@@ -408,31 +438,35 @@ fn targets_of(split: &TokenizedSplit, example: usize) -> usize {
 }
 
 /// One right-padded micro-batch: inputs `[B, T-1]`, next-token labels and a target mask.
-struct Batch {
+#[derive(Debug, Clone)]
+pub struct Batch {
     inputs: Tensor<2, Int>,
     labels: Tensor<2, Int>,
     target_mask: Tensor<2>,
-    real_tokens: usize,
-    computed_tokens: usize,
-    target_tokens: usize,
+    pub real_tokens: usize,
+    pub computed_tokens: usize,
+    pub target_tokens: usize,
 }
 
 impl Batch {
-    fn new(split: &TokenizedSplit, indices: &[usize], pad: u32, device: &Device) -> Self {
-        let longest = indices
+    fn from_split(split: &TokenizedSplit, indices: &[usize], pad: u32, device: &Device) -> Self {
+        let rows: Vec<(Vec<u32>, Vec<bool>)> = indices
             .iter()
-            .map(|&i| split.span(i).len as usize)
-            .max()
-            .unwrap_or(1);
+            .map(|&i| (split.tokens(i), split.trained(i)))
+            .collect();
+        Self::from_rows(&rows, pad, device)
+    }
+
+    /// From `(tokens, trained)` rows, right-padded with `pad` to the longest.
+    pub fn from_rows(rows: &[(Vec<u32>, Vec<bool>)], pad: u32, device: &Device) -> Self {
+        let longest = rows.iter().map(|(t, _)| t.len()).max().unwrap_or(1);
         let width = longest.max(2) - 1;
-        let rows = indices.len();
-        let mut inputs = vec![pad as i64; rows * width];
-        let mut labels = vec![pad as i64; rows * width];
-        let mut mask = vec![0.0f32; rows * width];
+        let count = rows.len();
+        let mut inputs = vec![pad as i64; count * width];
+        let mut labels = vec![pad as i64; count * width];
+        let mut mask = vec![0.0f32; count * width];
         let (mut real, mut targets) = (0, 0);
-        for (row, &example) in indices.iter().enumerate() {
-            let tokens = split.tokens(example);
-            let trained = split.trained(example);
+        for (row, (tokens, trained)) in rows.iter().enumerate() {
             real += tokens.len();
             for position in 0..tokens.len().saturating_sub(1) {
                 inputs[row * width + position] = tokens[position] as i64;
@@ -444,14 +478,14 @@ impl Batch {
             }
         }
         Self {
-            inputs: Tensor::from_data(TensorData::new(inputs, [rows, width]), device),
-            labels: Tensor::from_data(TensorData::new(labels, [rows, width]), device),
+            inputs: Tensor::from_data(TensorData::new(inputs, [count, width]), device),
+            labels: Tensor::from_data(TensorData::new(labels, [count, width]), device),
             target_mask: Tensor::from_data(
-                TensorData::new(mask, [rows, width]),
+                TensorData::new(mask, [count, width]),
                 (device, DType::F32),
             ),
             real_tokens: real,
-            computed_tokens: rows * longest,
+            computed_tokens: count * longest,
             target_tokens: targets,
         }
     }

@@ -1,0 +1,81 @@
+"""HF transformers + PEFT baseline for `lora-bench`: LoRA training steps at the Llama-3.1-8B shape.
+
+Random bf16 weights (LlamaConfig at the 8B shape, initialised on the GPU), SDPA attention,
+PEFT LoRA r=16 alpha=32 on q,k,v,o,gate,up,down (adapters in f32 as PEFT makes them), AdamW
+over the adapters, batch x seq random tokens with labels = inputs (HF shifts them), one optimiser
+step per batch. Timed after 2 warm-up steps; peak memory from torch.cuda.max_memory_allocated
+and max_memory_reserved. Prints one JSON line.
+
+    python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5 [--checkpointing] [--layers N]
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--checkpointing", action="store_true")
+    args = parser.parse_args()
+
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=args.layers, num_attention_heads=32, num_key_value_heads=8,
+        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
+        tie_word_embeddings=False, attn_implementation="sdpa", torch_dtype=torch.bfloat16,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                      "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(args.steps + 2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        seconds = time.perf_counter() - start
+        print(f"step {step}: {seconds:.3f}s loss {value:.4f}", file=sys.stderr)
+        if step >= 2:
+            times.append(seconds)
+    mean = sum(times) / len(times)
+    print(json.dumps({
+        "bench": "hf_peft_lora_train_step",
+        "layers": args.layers, "seq": args.seq, "batch": args.batch,
+        "gradient_checkpointing": args.checkpointing,
+        "seconds_per_step": mean,
+        "tokens_per_second": args.batch * args.seq / mean,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
