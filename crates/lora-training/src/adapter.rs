@@ -313,6 +313,13 @@ pub fn verify_merged(adapted: &Llama, merged: &Llama, probes: &[Vec<u32>]) -> Re
     Ok(check)
 }
 
+/// An adapter's factors as f32 host values, A then B (for comparisons and tests).
+pub fn adapter_values(adapter: &LoraAdapter) -> Vec<f32> {
+    let mut values = f32_values(adapter.a.val());
+    values.extend(f32_values(adapter.b.val()));
+    values
+}
+
 pub(crate) fn f32_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor
         .cast(FloatDType::F32)

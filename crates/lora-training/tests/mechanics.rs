@@ -11,9 +11,9 @@ use llama::burn::tensor::Device;
 use llama::{Llama, ProjectionKind};
 use lora_training::trainer::{CHECKPOINTS_DIR, LOSS_PLOT_FILE, METRICS_FILE, read_metrics};
 use lora_training::{
-    DataConfig, DataFormat, Error, LoraConfig, Metric, TokenizedData, TrainConfig, TrainingSetup,
-    attach_adapters, freeze_base, load_peft_adapter, merge_verified, save_peft_adapter,
-    tokenize_data, train, training_device, verify_merged,
+    Batch, DataConfig, DataFormat, Error, LoraConfig, Metric, TokenizedData, TrainConfig,
+    TrainingSetup, attach_adapters, freeze_base, load_peft_adapter, merge_verified, new_optimizer,
+    optimizer_step, save_peft_adapter, tokenize_data, train, training_device, verify_merged,
 };
 
 /// burn's CPU backend has one process-wide RNG (adapter dropout draws from it), so trainings
@@ -336,4 +336,128 @@ fn bad_data_gives_errors_that_name_the_place() {
         error.contains("csv") && error.contains("sharegpt"),
         "{error}"
     );
+}
+
+/// Rows of (tokens, trained) for the step tests: different lengths and target counts, so a
+/// per-micro-batch average would weigh tokens differently from the token-normalised loss.
+fn rows() -> Vec<(Vec<u32>, Vec<bool>)> {
+    (0..4)
+        .map(|row| {
+            let len = 6 + 5 * row;
+            let tokens: Vec<u32> = (0..len)
+                .map(|i| ((i * 37 + row * 101) % 49_000) as u32)
+                .collect();
+            let trained: Vec<bool> = (0..len).map(|i| i >= len - 2 - 2 * row).collect();
+            (tokens, trained)
+        })
+        .collect()
+}
+
+fn factors(model: &Llama) -> Vec<f32> {
+    model
+        .adapted_projections()
+        .into_iter()
+        .flat_map(|(layer, kind)| {
+            let adapter = model.projection(layer, kind).lora.as_ref().unwrap();
+            let mut values = lora_training::adapter::adapter_values(adapter);
+            values.truncate(64);
+            values
+        })
+        .collect()
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_large_batch() {
+    let _serial = serial();
+    let device = training_device(&Device::flex(), false);
+    let config = TrainConfig {
+        max_grad_norm: 0.0,
+        ..train_config()
+    };
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..lora()
+    };
+    let fresh = || {
+        let mut model = freeze_base(common::tiny_model(&device, 3));
+        attach_adapters(&mut model, &lora, 11).unwrap();
+        model
+    };
+    let rows = rows();
+    let targets: usize = rows
+        .iter()
+        .map(|(_, t)| t.iter().skip(1).filter(|&&x| x).count())
+        .sum();
+    let run = |batches: Vec<Batch>| {
+        let mut model = fresh();
+        let mut optimizer = new_optimizer(&model);
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            let (loss, _) =
+                optimizer_step(&mut model, &mut optimizer, &batches, targets, 1e-2, &config);
+            losses.push(loss);
+        }
+        (losses, factors(&model))
+    };
+    let (one_loss, one) = run(vec![Batch::from_rows(&rows, 0, &device)]);
+    let (split_loss, split) = run(vec![
+        Batch::from_rows(&rows[..1], 0, &device),
+        Batch::from_rows(&rows[1..], 0, &device),
+    ]);
+    for (a, b) in one_loss.iter().zip(&split_loss) {
+        assert!((a - b).abs() < 1e-5, "{one_loss:?} vs {split_loss:?}");
+    }
+    let worst = one
+        .iter()
+        .zip(&split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-5, "factors differ by {worst}");
+    assert!(one.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn activation_checkpointing_gives_the_same_step() {
+    let _serial = serial();
+    let config = TrainConfig {
+        max_grad_norm: 0.0,
+        ..train_config()
+    };
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..lora()
+    };
+    let rows = rows();
+    let run = |checkpointing: bool| {
+        let device = training_device(&Device::flex(), checkpointing);
+        let mut model = freeze_base(common::tiny_model(&device, 3));
+        attach_adapters(&mut model, &lora, 11).unwrap();
+        let mut optimizer = new_optimizer(&model);
+        let batch = Batch::from_rows(&rows, 0, &device);
+        let targets = batch.target_tokens;
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            losses.push(
+                optimizer_step(
+                    &mut model,
+                    &mut optimizer,
+                    std::slice::from_ref(&batch),
+                    targets,
+                    1e-2,
+                    &config,
+                )
+                .0,
+            );
+        }
+        (losses, factors(&model))
+    };
+    let (plain_loss, plain) = run(false);
+    let (recomputed_loss, recomputed) = run(true);
+    assert_eq!(plain_loss, recomputed_loss);
+    let worst = plain
+        .iter()
+        .zip(&recomputed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-6, "factors differ by {worst}");
 }
