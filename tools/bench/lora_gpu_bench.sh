@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One GPU call: LoRA training throughput and memory at the Llama-3.1-8B shape, ours (lora-bench,
+# LibTorch backend) against HF transformers + PEFT on the same GPU; LoRA training GPU-vs-CPU
+# parity on a small shape; PEFT's check of our adapter export and merge. Prints one table last.
+#
+#   BIN=.gpu-carry/lora-bench PEFT_DIR=.gpu-carry/peft bash tools/bench/lora_gpu_bench.sh
+set -uo pipefail
+BIN=${BIN:-target/gpu/release/lora-bench}
+OUT=${OUT:-/tmp/lora-bench}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import torch,transformers,peft;print("torch",torch.__version__,"transformers",transformers.__version__,"peft",peft.__version__)' | tee -a "$OUT/gpu.txt"
+
+run() { # name, command...
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  python3 tools/bench/with_peak_memory.py -- "$@" 2>"$OUT/$name.log" | tee "$OUT/$name.json"
+}
+
+# Parity: the same small random model trained 4 steps on CPU and GPU in f32 (last loss).
+run parity_cpu "$BIN" --device cpu --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
+run parity_gpu "$BIN" --device cuda --precision f32 --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
+
+run ours_b1 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5
+run hf_b1 python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5
+run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
+run hf_b4_ckpt python3 tools/bench/hf_lora.py --seq 2048 --batch 4 --steps 3 --checkpointing
+
+if [ -n "${PEFT_DIR:-}" ]; then
+  python3 tools/reference/peft_check.py "$PEFT_DIR" | tee "$OUT/peft_check.txt"
+fi
+
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+def load(name):
+    p = out / f"{name}.json"
+    rows = [json.loads(l) for l in p.read_text().splitlines() if l.startswith("{")] if p.exists() else []
+    merged = {}
+    for r in rows: merged.update(r)
+    return merged
+print("\n| run | tokens/s | s/step | peak GPU GiB (nvidia-smi) | torch peak allocated GiB | last loss |")
+print("|---|---:|---:|---:|---:|---:|")
+for name in ["parity_cpu", "parity_gpu", "ours_b1", "hf_b1", "ours_b4_ckpt", "hf_b4_ckpt"]:
+    r = load(name)
+    if not r:
+        print(f"| {name} | failed | | | | |"); continue
+    print(f"| {name} | {r.get('tokens_per_second', 0):,.0f} | {r.get('seconds_per_step', 0):.3f} | "
+          f"{r.get('peak_gpu_memory_gib', 0):.1f} | {r.get('peak_allocated_gib', float('nan')):.1f} | {r.get('last_loss', float('nan')):.6f} |")
+PY
