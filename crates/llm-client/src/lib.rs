@@ -39,9 +39,11 @@ mod ledger;
 mod limiter;
 mod parse;
 mod request;
+mod serve_process;
+mod stream;
 
 pub use batch::{BatchCounts, BatchReport, Progress};
-pub use client::{BoxFuture, ChatBackend, LlmClient};
+pub use client::{BoxFuture, ChatBackend, LlmClient, StreamSink};
 pub use cluster_labels::ChatClusterLabeller;
 pub use config::{
     Backoff, ClientConfig, Endpoint, EndpointSettings, MaxTokensField, OPENAI_BASE_URL, PriceTable,
@@ -51,3 +53,5 @@ pub use error::{Error, Result};
 pub use ledger::{Ledger, LedgerCounts, OUTCOME_IN_FLIGHT};
 pub use parse::{extract_json, parse_judge_score};
 pub use request::{ChatRequest, ChatResponse, JsonSchema, Message, Role, canonical_json};
+pub use serve_process::{ServeOptions, ServeProcess};
+pub use stream::StreamEvent;
