@@ -35,7 +35,8 @@ pub enum Fault {
     Status(u16),
     /// Never answers; waits until the client gives up and closes.
     Hang,
-    /// A 200 with the full `Content-Length` but only half the body, then the connection closes.
+    /// A 200 with the full `Content-Length` but only half the body, then the connection closes
+    /// (a stream: half its events, then the connection closes without `[DONE]`).
     Truncated,
     /// A 200 whose body arrives in 8 chunks with this delay between chunks (a stream: one
     /// chunk per word with this delay before each).
