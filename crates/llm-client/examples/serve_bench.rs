@@ -50,7 +50,8 @@ fn main() {
         for &concurrency in concurrencies {
             let mut config = ClientConfig::new(
                 process.endpoint(),
-                dir.path().join(format!("b{max_batch}-c{concurrency}.sqlite")),
+                dir.path()
+                    .join(format!("b{max_batch}-c{concurrency}.sqlite")),
             );
             config.max_concurrency = concurrency;
             config.timeout = Duration::from_secs(600);
