@@ -65,6 +65,47 @@ pub fn generate(
     config: &GenerationConfig,
     device: &Device,
 ) -> Result<Vec<Generation>> {
+    generate_streaming(model, prompts, config, device, None, &mut |_| None)
+}
+
+/// One decode step of one sequence, as [`generate_streaming`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenStep<'a> {
+    /// Index of the prompt in the `prompts` slice.
+    pub prompt_index: usize,
+    /// The sequence's output so far (what [`Generation::tokens`] would be if it ended now).
+    pub tokens: &'a [u32],
+    /// Set when this step ended the sequence (stop token, stop sequence or `max_new_tokens`).
+    pub finished: Option<FinishReason>,
+}
+
+/// [`generate`] with per-step reporting, for streaming servers: `on_step` is called once per
+/// decode step for every sequence still running, right after its new token was taken (or
+/// rejected as a stop token). Returning `Some(reason)` ends that sequence now with `reason`
+/// (e.g. a text-level stop string matched, the sequence reached its own length limit, or its
+/// client went away); the return value is ignored for a sequence that already finished.
+///
+/// `seeds` replaces the sampling streams: with `Some(seeds)`, prompt `i` draws from
+/// `seeds[i]` (stream 0), exactly as it would alone under [`generate`] with `config.seed =
+/// seeds[i]`, so a request's samples depend neither on its batch companions nor on its
+/// place in the batch. With `None` prompt `i` draws from `config.seed`, stream `i`.
+pub fn generate_streaming(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+    seeds: Option<&[u64]>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Result<Vec<Generation>> {
+    if let Some(seeds) = seeds
+        && seeds.len() != prompts.len()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} seeds for {} prompts",
+            seeds.len(),
+            prompts.len()
+        )));
+    }
     if config.batch_size == 0 {
         return Err(Error::InvalidArgument("batch_size must be > 0".into()));
     }
@@ -95,7 +136,7 @@ pub fn generate(
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
     for chunk in order.chunks(config.batch_size) {
-        let generations = generate_batch(model, prompts, chunk, config, device);
+        let generations = generate_batch(model, prompts, chunk, config, device, seeds, on_step);
         for (&index, generation) in chunk.iter().zip(generations) {
             results[index] = Some(generation);
         }
@@ -119,12 +160,20 @@ fn generate_batch(
     indices: &[usize],
     config: &GenerationConfig,
     device: &Device,
+    seeds: Option<&[u64]>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Vec<Generation> {
     let mut sequences: Vec<Sequence> = indices
         .iter()
         .map(|&prompt_index| {
-            let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-            rng.set_stream(prompt_index as u64);
+            let rng = match seeds {
+                Some(seeds) => ChaCha8Rng::seed_from_u64(seeds[prompt_index]),
+                None => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+                    rng.set_stream(prompt_index as u64);
+                    rng
+                }
+            };
             Sequence {
                 prompt_index,
                 rng,
@@ -153,6 +202,14 @@ fn generate_batch(
                     &mut sequence.rng,
                 );
                 push_token(sequence, token, config);
+                let verdict = on_step(TokenStep {
+                    prompt_index: sequence.prompt_index,
+                    tokens: &sequence.tokens,
+                    finished: sequence.finish,
+                });
+                if sequence.finish.is_none() {
+                    sequence.finish = verdict;
+                }
             }
             let still_active: Vec<usize> = (0..active.len())
                 .filter(|&row| sequences[active[row]].finish.is_none())
@@ -417,6 +474,83 @@ mod tests {
         assert_eq!(stopped[1].finish_reason, FinishReason::Stop);
         assert!(stopped[1].tokens.len() <= 3);
         assert!(!stopped[1].tokens.ends_with(&sequence));
+    }
+
+    #[test]
+    fn streaming_reports_every_step_and_can_end_a_sequence() {
+        let (model, device) = tiny_model(45);
+        let config = GenerationConfig {
+            max_new_tokens: 8,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let reference = generate(&model, &prompts(), &config, &device).unwrap();
+        let mut steps: Vec<Vec<(Vec<u32>, Option<FinishReason>)>> = vec![Vec::new(); 4];
+        let streamed = generate_streaming(&model, &prompts(), &config, &device, None, &mut |s| {
+            steps[s.prompt_index].push((s.tokens.to_vec(), s.finished));
+            None
+        })
+        .unwrap();
+        assert_eq!(streamed, reference);
+        for (calls, generation) in steps.iter().zip(&reference) {
+            // One call per new token, each showing the output so far; the last one says why it ended.
+            assert_eq!(calls.len(), 8);
+            for (n, (tokens, finished)) in calls.iter().enumerate() {
+                assert_eq!(tokens[..], generation.tokens[..n + 1]);
+                let expected = (n == 7).then_some(FinishReason::Length);
+                assert_eq!(*finished, expected);
+            }
+        }
+        // Ending prompt 1 after its third token leaves the others untouched.
+        let cut = generate_streaming(&model, &prompts(), &config, &device, None, &mut |s| {
+            (s.prompt_index == 1 && s.tokens.len() == 3).then_some(FinishReason::Stop)
+        })
+        .unwrap();
+        assert_eq!(cut[1].tokens, reference[1].tokens[..3]);
+        assert_eq!(cut[1].finish_reason, FinishReason::Stop);
+        for i in [0, 2, 3] {
+            assert_eq!(cut[i], reference[i]);
+        }
+    }
+
+    #[test]
+    fn per_prompt_seeds_sample_as_the_prompt_alone() {
+        let (model, device) = tiny_model(46);
+        let config = GenerationConfig {
+            max_new_tokens: 12,
+            temperature: 1.0,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let seeds = [11, 12, 13, 11];
+        let batched = generate_streaming(
+            &model,
+            &prompts(),
+            &config,
+            &device,
+            Some(&seeds),
+            &mut |_| None,
+        )
+        .unwrap();
+        for ((prompt, &seed), got) in prompts().iter().zip(&seeds).zip(&batched) {
+            let alone = GenerationConfig {
+                seed,
+                ..config.clone()
+            };
+            let expected = generate(&model, std::slice::from_ref(prompt), &alone, &device).unwrap();
+            assert_eq!(&expected[0], got);
+        }
+        assert!(matches!(
+            generate_streaming(
+                &model,
+                &prompts(),
+                &config,
+                &device,
+                Some(&seeds[..2]),
+                &mut |_| None
+            ),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

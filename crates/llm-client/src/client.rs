@@ -29,6 +29,13 @@ use crate::error::{Error, Result};
 use crate::ledger::{AttemptRecord, Ledger};
 use crate::limiter::{Budget, RateLimiter};
 use crate::request::{ChatRequest, ChatResponse, canonical_json};
+use crate::stream::{Chunk, SseParser, StreamAssembly, StreamEvent};
+
+/// Receives a streamed answer as it arrives (see [`LlmClient::chat_stream`]).
+pub type StreamSink<'a> = &'a mut (dyn FnMut(StreamEvent<'_>) + Send);
+
+/// A sink reborrowed for one attempt (`'r`) from one living for the request (`'s`).
+type Sink<'r, 's> = &'r mut (dyn FnMut(StreamEvent<'_>) + Send + 's);
 
 /// A boxed future, so [`ChatBackend`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -170,6 +177,29 @@ impl LlmClient {
 
     /// Answers one request: from the ledger if it finished before, else over HTTP with retries.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse> {
+        self.chat_with(request, None).await
+    }
+
+    /// [`LlmClient::chat`] with the answer streamed (SSE, `stream: true` with a usage chunk):
+    /// `on_event` sees each attempt start and every text delta as it arrives. Besides the
+    /// per-attempt `timeout`, a stream that sends no data event for `stream_idle_timeout` is
+    /// abandoned as stalled and retried, and one that ends without `data: [DONE]` counts as
+    /// cut off (retried, counted at its upper-bound cost). The ledger, budget, limits and
+    /// retries are those of `chat`, and the request hash is the same: a streamed answer is
+    /// recorded once, assembled, and serves later `chat` or `chat_stream` calls.
+    pub async fn chat_stream(
+        &self,
+        request: ChatRequest,
+        on_event: StreamSink<'_>,
+    ) -> Result<ChatResponse> {
+        self.chat_with(request, Some(on_event)).await
+    }
+
+    async fn chat_with(
+        &self,
+        request: ChatRequest,
+        sink: Option<Sink<'_, '_>>,
+    ) -> Result<ChatResponse> {
         let request = self.effective_request(request);
         if request.messages.is_empty() {
             return Err(Error::Config {
@@ -184,7 +214,7 @@ impl LlmClient {
         };
         let result = {
             let _same_request = lock.lock().await;
-            self.chat_exclusive(&request, &hash).await
+            self.chat_exclusive(&request, &hash, sink).await
         };
         {
             let mut map = self.inner.in_progress.lock().expect("in-progress lock");
@@ -195,9 +225,17 @@ impl LlmClient {
         result
     }
 
-    async fn chat_exclusive(&self, request: &ChatRequest, hash: &str) -> Result<ChatResponse> {
+    async fn chat_exclusive(
+        &self,
+        request: &ChatRequest,
+        hash: &str,
+        mut sink: Option<Sink<'_, '_>>,
+    ) -> Result<ChatResponse> {
         let inner = &self.inner;
         if let Some(done) = inner.ledger.lookup_done(hash)? {
+            if let Some(sink) = sink.as_deref_mut() {
+                sink(StreamEvent::Delta(&done.content));
+            }
             return Ok(done);
         }
         if let Some((status, message)) = inner.quota_exhausted.lock().expect("quota lock").clone() {
@@ -212,7 +250,13 @@ impl LlmClient {
         loop {
             attempts += 1;
             counted += 1;
-            let failure = match self.attempt(request, hash, attempts).await {
+            if let Some(sink) = sink.as_deref_mut() {
+                sink(StreamEvent::Attempt(attempts));
+            }
+            let failure = match self
+                .attempt(request, hash, attempts, sink.as_deref_mut())
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -270,6 +314,7 @@ impl LlmClient {
         request: &ChatRequest,
         hash: &str,
         attempt_number: u32,
+        sink: Option<Sink<'_, '_>>,
     ) -> Result<ChatResponse, Failure> {
         let inner = &self.inner;
         let max_tokens = u64::from(request.max_tokens.unwrap_or(0));
@@ -291,7 +336,10 @@ impl LlmClient {
             let attempt_id = inner.ledger.begin_attempt(hash, bound_usd)?;
             let native =
                 request.json_schema.is_some() && inner.native_schema.load(Ordering::Relaxed);
-            let sent = self.send(request, native).await;
+            let sent = match sink {
+                Some(sink) => self.send_stream(request, native, sink).await,
+                None => self.send(request, native).await,
+            };
             let (outcome, result) = self.classify(sent, request, hash, bound_usd, native);
             match &result {
                 Ok(response) => {
@@ -330,10 +378,15 @@ impl LlmClient {
         })
     }
 
-    /// Sends one request; the timeout covers connecting, headers and the whole body.
-    async fn send(&self, request: &ChatRequest, native_schema: bool) -> Sent {
+    /// The POST with body and key, or the reason it cannot be built.
+    fn build_request(
+        &self,
+        request: &ChatRequest,
+        native_schema: bool,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder> {
         let inner = &self.inner;
-        let body = request.wire_body(&inner.config.endpoint, native_schema);
+        let body = request.wire_body(&inner.config.endpoint, native_schema, stream);
         let mut builder = inner
             .http
             .post(&inner.url)
@@ -346,13 +399,23 @@ impl LlmClient {
                     builder = builder.header(AUTHORIZATION, value);
                 }
                 Err(_) => {
-                    return Sent::Invalid(Error::Config {
+                    return Err(Error::Config {
                         field: "api_key".into(),
                         reason: "contains characters not allowed in an HTTP header".into(),
                     });
                 }
             }
         }
+        Ok(builder)
+    }
+
+    /// Sends one request; the timeout covers connecting, headers and the whole body.
+    async fn send(&self, request: &ChatRequest, native_schema: bool) -> Sent {
+        let inner = &self.inner;
+        let builder = match self.build_request(request, native_schema, false) {
+            Ok(builder) => builder,
+            Err(error) => return Sent::Invalid(error),
+        };
         let exchange = async {
             let response = builder.send().await?;
             let status = response.status();
@@ -375,6 +438,104 @@ impl LlmClient {
                 headers,
                 body: body.to_vec(),
             },
+        }
+    }
+
+    /// Sends one streamed request, passing text deltas to `sink` as data events arrive. The
+    /// attempt's `timeout` bounds the whole exchange; `stream_idle_timeout` bounds the wait
+    /// for each data event (SSE comments, i.e. keep-alives, do not count as progress).
+    async fn send_stream(
+        &self,
+        request: &ChatRequest,
+        native_schema: bool,
+        sink: Sink<'_, '_>,
+    ) -> Sent {
+        let inner = &self.inner;
+        let builder = match self.build_request(request, native_schema, true) {
+            Ok(builder) => builder,
+            Err(error) => return Sent::Invalid(error),
+        };
+        let deadline = tokio::time::Instant::now() + inner.config.timeout;
+        let idle = inner.config.stream_idle_timeout;
+        let mut response = match tokio::time::timeout_at(deadline, builder.send()).await {
+            Err(_) => return Sent::TimedOut,
+            Ok(Err(e)) => {
+                return Sent::Transport {
+                    never_sent: e.is_connect(),
+                    message: self.redact(&error_chain(&e)),
+                };
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        if !status.is_success() {
+            // An error answer is a plain JSON body: classified as in `send`.
+            return match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Err(_) => Sent::TimedOut,
+                Ok(Err(e)) => Sent::BodyLost {
+                    status,
+                    message: self.redact(&error_chain(&e)),
+                },
+                Ok(Ok(body)) => Sent::Answered {
+                    status,
+                    headers,
+                    body: body.to_vec(),
+                },
+            };
+        }
+        let mut parser = SseParser::default();
+        let mut assembly = StreamAssembly::default();
+        let mut raw = Vec::new();
+        let mut last_progress = tokio::time::Instant::now();
+        let ended = loop {
+            let wait_until = (last_progress + idle).min(deadline);
+            let read = match tokio::time::timeout_at(wait_until, response.chunk()).await {
+                Err(_) if wait_until >= deadline => return Sent::TimedOut,
+                Err(_) => break Err(StreamProblem::Stalled { idle }),
+                Ok(read) => read,
+            };
+            let bytes = match read {
+                Err(e) => {
+                    return Sent::BodyLost {
+                        status,
+                        message: self.redact(&error_chain(&e)),
+                    };
+                }
+                Ok(None) => break Err(StreamProblem::CutOff),
+                Ok(Some(bytes)) => bytes,
+            };
+            raw.extend_from_slice(&bytes);
+            let mut problem = None;
+            for data in parser.push(&bytes) {
+                last_progress = tokio::time::Instant::now();
+                match assembly.apply(&data) {
+                    Chunk::Text(text) if !text.is_empty() => sink(StreamEvent::Delta(&text)),
+                    Chunk::Text(_) | Chunk::Done => {}
+                    Chunk::Error(message) => {
+                        problem = Some(StreamProblem::ServerError(self.redact(&message)));
+                        break;
+                    }
+                    Chunk::Malformed(detail) => {
+                        problem = Some(StreamProblem::Malformed(detail));
+                        break;
+                    }
+                }
+                if assembly.done {
+                    break;
+                }
+            }
+            match problem {
+                Some(problem) => break Err(problem),
+                // Whatever follows `[DONE]` is not read: the answer is complete.
+                None if assembly.done => break Ok(()),
+                None => {}
+            }
+        };
+        Sent::Streamed {
+            status,
+            body: raw,
+            answer: ended.map(|()| assembly),
         }
     }
 
@@ -435,6 +596,11 @@ impl LlmClient {
                 headers,
                 body,
             } => (status, headers, body),
+            Sent::Streamed {
+                status,
+                body,
+                answer,
+            } => return self.classify_stream(status, &body, answer, request, hash, bound_usd),
         };
         let code = status.as_u16();
         let text = self.redact(&String::from_utf8_lossy(&body));
@@ -544,35 +710,102 @@ impl LlmClient {
             .choices
             .first()
             .ok_or_else(|| "no choices in the response".to_owned())?;
-        let (prompt_tokens, completion_tokens, cost_usd) = match (&parsed.usage, self.inner.prices)
-        {
-            (Some(u), prices) => {
-                let (p, c) = (u64::from(u.prompt_tokens), u64::from(u.completion_tokens));
-                (p, c, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
-            }
-            // No usage reported: count the upper bound so the budget stays safe.
-            (None, prices) => {
-                let p = request.prompt_tokens_upper_bound();
-                let c = u64::from(request.max_tokens.unwrap_or(0));
-                (0, 0, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
-            }
-        };
         let finish_reason = choice
             .finish_reason
             .as_ref()
             .and_then(|f| serde_json::to_value(f).ok())
             .and_then(|v| v.as_str().map(str::to_owned));
-        Ok(ChatResponse {
-            content: choice.message.content.clone().unwrap_or_default(),
+        let usage = parsed
+            .usage
+            .as_ref()
+            .map(|u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+        Ok(self.response(
+            choice.message.content.clone().unwrap_or_default(),
             finish_reason,
-            model: parsed.model.clone(),
+            parsed.model.clone(),
+            usage,
+            request,
+            hash,
+        ))
+    }
+
+    /// The caller's view of an answer, priced from its usage.
+    fn response(
+        &self,
+        content: String,
+        finish_reason: Option<String>,
+        model: String,
+        usage: Option<(u64, u64)>,
+        request: &ChatRequest,
+        hash: &str,
+    ) -> ChatResponse {
+        let prices = self.inner.prices;
+        let (prompt_tokens, completion_tokens, cost_usd) = match usage {
+            Some((p, c)) => (p, c, prices.map_or(0.0, |pr| pr.cost_usd(p, c))),
+            // No usage reported: count the upper bound so the budget stays safe.
+            None => {
+                let p = request.prompt_tokens_upper_bound();
+                let c = u64::from(request.max_tokens.unwrap_or(0));
+                (0, 0, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
+            }
+        };
+        ChatResponse {
+            content,
+            finish_reason,
+            model,
             prompt_tokens,
             completion_tokens,
             cost_usd,
             request_hash: hash.to_owned(),
             attempts: 0,
             from_ledger: false,
-        })
+        }
+    }
+
+    /// A streamed 200: the assembled answer, or a retryable failure counted at the upper bound
+    /// (the server may have generated, and billed, the whole answer).
+    fn classify_stream(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        answer: Result<StreamAssembly, StreamProblem>,
+        request: &ChatRequest,
+        hash: &str,
+        bound_usd: f64,
+    ) -> (Outcome, Result<ChatResponse, Failure>) {
+        let code = status.as_u16();
+        let error = match answer {
+            Ok(assembly) => {
+                let response = self.response(
+                    assembly.content,
+                    assembly.finish_reason,
+                    assembly.model,
+                    assembly.usage,
+                    request,
+                    hash,
+                );
+                let outcome = Outcome {
+                    http_status: Some(code),
+                    cost_usd: response.cost_usd,
+                    body: Some(self.redact(&String::from_utf8_lossy(body))),
+                };
+                return (outcome, Ok(response));
+            }
+            Err(StreamProblem::Stalled { idle }) => Error::StreamStalled { idle },
+            Err(StreamProblem::ServerError(message)) => Error::Server {
+                status: code,
+                message: format!("error inside the stream: {message}"),
+            },
+            Err(StreamProblem::Malformed(detail)) => Error::MalformedResponse {
+                status: code,
+                detail,
+            },
+            Err(StreamProblem::CutOff) => Error::MalformedResponse {
+                status: code,
+                detail: "stream ended without data: [DONE]".into(),
+            },
+        };
+        (Outcome::unknown(Some(code), bound_usd), Err(error.into()))
     }
 }
 
@@ -580,6 +813,18 @@ impl ChatBackend for LlmClient {
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse>> {
         Box::pin(self.chat(request))
     }
+}
+
+/// Why a streamed 200 did not produce an answer.
+enum StreamProblem {
+    /// No data event for this long.
+    Stalled { idle: Duration },
+    /// The server sent an `error` object inside the stream.
+    ServerError(String),
+    /// A data event that is not a chunk.
+    Malformed(String),
+    /// The body ended without `data: [DONE]`.
+    CutOff,
 }
 
 /// What one HTTP exchange produced.
@@ -598,6 +843,12 @@ enum Sent {
         status: StatusCode,
         headers: HeaderMap,
         body: Vec<u8>,
+    },
+    /// A 2xx SSE body, read to its end (or to the problem that ended it).
+    Streamed {
+        status: StatusCode,
+        body: Vec<u8>,
+        answer: Result<StreamAssembly, StreamProblem>,
     },
 }
 

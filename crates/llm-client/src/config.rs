@@ -201,8 +201,11 @@ impl Default for Backoff {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub endpoint: Endpoint,
-    /// Limit for one HTTP attempt, from sending to the last body byte.
+    /// Limit for one HTTP attempt, from sending to the last body byte (streamed or not).
     pub timeout: Duration,
+    /// For streamed answers: the longest wait for the next SSE data event (keep-alive comments
+    /// do not count) before the attempt is abandoned as stalled and retried.
+    pub stream_idle_timeout: Duration,
     /// Most HTTP attempts in flight at once.
     pub max_concurrency: usize,
     /// Requests per minute (every attempt counts); `None` = unlimited.
@@ -224,12 +227,13 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: 60 s timeout, 8 concurrent, no rate limits, 5 retries, no prices or budget,
+    /// Defaults: 60 s timeout, 30 s stream idle timeout, 8 concurrent, no rate limits, 5 retries, no prices or budget,
     /// 1024 max output tokens.
     pub fn new(endpoint: Endpoint, ledger_path: impl Into<PathBuf>) -> Self {
         Self {
             endpoint,
             timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(30),
             max_concurrency: 8,
             rpm: None,
             tpm: None,
@@ -259,6 +263,9 @@ impl ClientConfig {
         }
         if self.timeout.is_zero() {
             return bad("timeout", "must be positive".into());
+        }
+        if self.stream_idle_timeout.is_zero() {
+            return bad("stream_idle_timeout", "must be positive".into());
         }
         if self.rpm == Some(0) {
             return bad(

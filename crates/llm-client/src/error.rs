@@ -59,6 +59,10 @@ pub enum Error {
     #[error("request timed out after {timeout:?}")]
     Timeout { timeout: Duration },
 
+    /// A streamed answer sent no data event for `idle` (retried; counted at its upper bound).
+    #[error("stream stalled: no data for {idle:?}")]
+    StreamStalled { idle: Duration },
+
     /// Connection refused, reset or closed before a status line arrived.
     #[error("transport error talking to {base_url}: {message}")]
     Transport { base_url: String, message: String },
@@ -88,6 +92,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The local `serve` subprocess could not be started or did not become ready.
+    #[error("serve process {binary}: {reason}")]
+    ServeProcess { binary: PathBuf, reason: String },
+
     /// A batch task died without producing a result (a bug; reported instead of dropping the item).
     #[error("batch item {index} was lost: {reason}")]
     ItemLost { index: usize, reason: String },
@@ -101,6 +109,7 @@ impl Error {
             Error::RateLimited { .. }
                 | Error::Server { .. }
                 | Error::Timeout { .. }
+                | Error::StreamStalled { .. }
                 | Error::Transport { .. }
                 | Error::MalformedResponse { .. }
         )
@@ -126,6 +135,8 @@ impl Error {
             Error::Unauthorized { .. } => "unauthorized",
             Error::Server { .. } => "server",
             Error::Timeout { .. } => "timeout",
+            Error::StreamStalled { .. } => "stream_stalled",
+            Error::ServeProcess { .. } => "serve_process",
             Error::Transport { .. } => "transport",
             Error::MalformedResponse { .. } => "malformed_response",
             Error::RetriesExhausted { .. } => "retries_exhausted",

@@ -29,6 +29,12 @@
 //! rate limit, 408, 5xx, timeout, dropped connection or unreadable 200 body is retried with
 //! exponential backoff that honours `Retry-After`; an exhausted quota (429
 //! `insufficient_quota`), 401/403 and any other 4xx are not.
+//!
+//! [`LlmClient::chat_stream`] asks for SSE and reports text as it arrives; a stream that sends
+//! no data event for `stream_idle_timeout`, ends without `data: [DONE]` or carries an error
+//! object is retried like any other failed attempt, and the assembled answer is recorded in the
+//! ledger under the same hash as a non-streamed request. [`ServeProcess`] runs tuneloop's own
+//! `serve` binary on a free loopback port as the offline teacher and judge.
 
 mod batch;
 mod client;
@@ -39,9 +45,11 @@ mod ledger;
 mod limiter;
 mod parse;
 mod request;
+mod serve_process;
+mod stream;
 
 pub use batch::{BatchCounts, BatchReport, Progress};
-pub use client::{BoxFuture, ChatBackend, LlmClient};
+pub use client::{BoxFuture, ChatBackend, LlmClient, StreamSink};
 pub use cluster_labels::ChatClusterLabeller;
 pub use config::{
     Backoff, ClientConfig, Endpoint, EndpointSettings, MaxTokensField, OPENAI_BASE_URL, PriceTable,
@@ -51,3 +59,5 @@ pub use error::{Error, Result};
 pub use ledger::{Ledger, LedgerCounts, OUTCOME_IN_FLIGHT};
 pub use parse::{extract_json, parse_judge_score};
 pub use request::{ChatRequest, ChatResponse, JsonSchema, Message, Role, canonical_json};
+pub use serve_process::{ServeOptions, ServeProcess};
+pub use stream::StreamEvent;

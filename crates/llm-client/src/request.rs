@@ -3,7 +3,8 @@
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, ResponseFormat,
+    ResponseFormatJsonSchema,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -155,7 +156,13 @@ impl ChatRequest {
 
     /// The HTTP body, built with async-openai's request type. `native_schema` picks between
     /// `response_format` and a schema in the system prompt. `max_tokens` must already be set.
-    pub(crate) fn wire_body(&self, endpoint: &Endpoint, native_schema: bool) -> Vec<u8> {
+    /// `stream` asks for SSE chunks with a final usage chunk.
+    pub(crate) fn wire_body(
+        &self,
+        endpoint: &Endpoint,
+        native_schema: bool,
+        stream: bool,
+    ) -> Vec<u8> {
         let messages = match (&self.json_schema, native_schema) {
             (Some(schema), false) => self.messages_with_schema_prompt(schema),
             _ => self.messages.clone(),
@@ -197,6 +204,11 @@ impl ChatRequest {
                 }),
                 _ => None,
             },
+            stream: stream.then_some(true),
+            stream_options: stream.then_some(ChatCompletionStreamOptions {
+                include_usage: Some(true),
+                include_obfuscation: None,
+            }),
             ..Default::default()
         };
         serde_json::to_vec(&body).expect("a chat request always serialises")
@@ -331,7 +343,8 @@ mod tests {
             .with_max_tokens(32)
             .with_seed(7)
             .with_json_schema(schema);
-        let body: Value = serde_json::from_slice(&req.wire_body(&endpoint(), true)).unwrap();
+        let body: Value = serde_json::from_slice(&req.wire_body(&endpoint(), true, false)).unwrap();
+        assert!(body.get("stream").is_none() && body.get("stream_options").is_none());
         assert_eq!(body["model"], "m");
         assert_eq!(body["max_completion_tokens"], 32);
         assert!(body.get("max_tokens").is_none());
@@ -342,7 +355,9 @@ mod tests {
 
         let mut legacy = endpoint();
         legacy.max_tokens_field = MaxTokensField::MaxTokens;
-        let body: Value = serde_json::from_slice(&req.wire_body(&legacy, false)).unwrap();
+        let body: Value = serde_json::from_slice(&req.wire_body(&legacy, false, true)).unwrap();
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["max_tokens"], 32);
         assert!(body.get("response_format").is_none());
         let messages = body["messages"].as_array().unwrap();

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use llm_client::{
-    ChatRequest, Error, JsonSchema, LlmClient, Progress, canonical_json, parse_judge_score,
+    ChatRequest, ChatResponse, Error, JsonSchema, LlmClient, Progress, StreamEvent, canonical_json,
+    parse_judge_score,
 };
 use serde_json::json;
 use support::{Fault, FaultServer, ServerConfig, client_config, expected_content, set_prices};
@@ -574,4 +575,172 @@ async fn ledger_rows_say_what_they_answer() {
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(canonical_json(&stored).as_bytes()));
     assert_eq!(digest, hash);
+}
+
+/// Collects what `chat_stream` reports: attempt numbers and the text after the last attempt.
+#[derive(Debug, Default)]
+struct Seen {
+    attempts: Vec<u32>,
+    deltas: Vec<String>,
+}
+
+impl Seen {
+    fn text(&self) -> String {
+        self.deltas.concat()
+    }
+}
+
+async fn stream(client: &LlmClient, request: ChatRequest) -> (Seen, Result<ChatResponse, Error>) {
+    let mut seen = Seen::default();
+    let result = client
+        .chat_stream(request, &mut |event| match event {
+            StreamEvent::Attempt(n) => {
+                seen.attempts.push(n);
+                seen.deltas.clear();
+            }
+            StreamEvent::Delta(text) => seen.deltas.push(text.to_owned()),
+        })
+        .await;
+    (seen, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_arrive_in_pieces_and_are_recorded_once() {
+    let server = FaultServer::start(ServerConfig {
+        prices: (1.0, 2.0),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = client_config(&server, &dir.path().join("l.sqlite"));
+    set_prices(&mut config, 1.0, 2.0);
+    let client = LlmClient::new(config.clone()).unwrap();
+    let request = ChatRequest::user("tell me a story").with_max_tokens(16);
+    let (seen, answer) = stream(&client, request.clone()).await;
+    let answer = answer.unwrap();
+    assert_eq!(seen.attempts, [1]);
+    // One delta per word: the answer really came in pieces, and they add up to it.
+    assert_eq!(seen.deltas, ["echo: ", "tell ", "me ", "a ", "story"]);
+    assert_eq!(answer.content, expected_content("tell me a story"));
+    assert_eq!(answer.finish_reason.as_deref(), Some("stop"));
+    assert_eq!((answer.attempts, answer.from_ledger), (1, false));
+    // Usage came from the usage chunk, and the spend is the server's bill.
+    assert_eq!(answer.completion_tokens, 5);
+    assert!(answer.prompt_tokens > 0);
+    assert!((client.spent_usd() - server.billed_usd()).abs() < 1e-12);
+    let sent = server.records();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["stream"], true);
+    assert_eq!(sent[0].body["stream_options"]["include_usage"], true);
+    // The same request, streamed or not, is answered from the ledger without HTTP.
+    let again = client.chat(request.clone()).await.unwrap();
+    assert!(again.from_ledger);
+    assert_eq!(again.content, answer.content);
+    let (seen, replay) = stream(&client, request).await;
+    assert!(replay.unwrap().from_ledger);
+    assert_eq!((seen.attempts.len(), seen.text()), (0, answer.content));
+    assert_eq!(server.request_count(), 1);
+    // A length-limited stream reports `length`.
+    let (_, short) = stream(
+        &client,
+        ChatRequest::user("one two three four").with_max_tokens(2),
+    )
+    .await;
+    let short = short.unwrap();
+    assert_eq!(
+        (short.content.as_str(), short.finish_reason.as_deref()),
+        ("echo: one", Some("length"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_streams_pass_while_stalled_cut_and_failed_streams_retry() {
+    let server = FaultServer::start(ServerConfig {
+        script: script(&[
+            // 7 events 40 ms apart: 280 ms in all, longer than the idle limit, never idle that long.
+            ("slow stream", vec![Fault::Slow(Duration::from_millis(40))]),
+            ("stalls once", vec![Fault::Stall]),
+            ("cut once", vec![Fault::Truncated]),
+            ("errors once", vec![Fault::StreamError]),
+            ("stalls always", vec![Fault::Stall; 3]),
+        ]),
+        prices: (1.0, 2.0),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = client_config(&server, &dir.path().join("l.sqlite"));
+    config.timeout = Duration::from_secs(3);
+    config.stream_idle_timeout = Duration::from_millis(150);
+    config.max_retries = 2;
+    set_prices(&mut config, 1.0, 2.0);
+    let client = LlmClient::new(config).unwrap();
+
+    let (seen, slow) = stream(&client, ChatRequest::user("slow stream")).await;
+    assert_eq!((slow.unwrap().attempts, seen.attempts.len()), (1, 1));
+    assert_eq!(seen.text(), expected_content("slow stream"));
+
+    for prompt in ["stalls once", "cut once", "errors once"] {
+        let request = ChatRequest::user(prompt).with_max_tokens(16);
+        let started = Instant::now();
+        let (seen, answer) = stream(&client, request.clone()).await;
+        let answer = answer.unwrap_or_else(|e| panic!("{prompt}: {e}"));
+        assert_eq!(answer.attempts, 2, "{prompt}");
+        assert_eq!(seen.attempts, [1, 2], "{prompt}");
+        // The first attempt's partial text was voided by the second attempt.
+        assert_eq!(seen.text(), expected_content(prompt), "{prompt}");
+        assert_eq!(answer.content, expected_content(prompt));
+        let attempts = server.attempts_for(prompt);
+        assert_eq!(attempts.len(), 2, "{prompt}");
+        assert!(
+            !attempts[0].delivered_ok && attempts[1].delivered_ok,
+            "{prompt}"
+        );
+        if prompt == "stalls once" {
+            // Keep-alive comments kept coming: only data events count as progress.
+            let elapsed = started.elapsed();
+            assert!(
+                elapsed >= Duration::from_millis(150) && elapsed < Duration::from_secs(2),
+                "{elapsed:?}"
+            );
+        }
+    }
+    // Each failed attempt was counted at its upper bound (the server may have billed it).
+    let spent = client.spent_usd();
+    assert!(
+        spent > server.billed_usd(),
+        "{spent} vs {}",
+        server.billed_usd()
+    );
+
+    let (_, stalled) = stream(&client, ChatRequest::user("stalls always")).await;
+    match stalled {
+        Err(Error::RetriesExhausted { attempts: 3, last }) => {
+            assert!(matches!(*last, Error::StreamStalled { .. }), "{last}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let conn = rusqlite::Connection::open(client.ledger().path()).unwrap();
+    let outcomes: Vec<String> = conn
+        .prepare("SELECT outcome FROM attempts ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "stream_stalled",
+            "ok",
+            "malformed_response",
+            "ok",
+            "server",
+            "ok",
+            "stream_stalled",
+            "stream_stalled",
+            "stream_stalled"
+        ]
+    );
 }

@@ -1,6 +1,9 @@
 //! A fault-injecting OpenAI-compatible HTTP/1.1 server on loopback, written on raw TCP so every
 //! fault is real at the byte level: 429 with Retry-After, exhausted quota, 5xx, 4xx, hangs,
-//! bodies cut off mid-JSON, slow trickled bodies, and a random share of failing calls.
+//! bodies cut off mid-JSON, slow trickled bodies, and a random share of failing calls. With
+//! `stream: true` it answers as SSE (`chat.completion.chunk` per word, usage chunk, `[DONE]`),
+//! and the faults become stream faults: cut before `[DONE]`, trickled chunks, a stream that
+//! stalls while sending only keep-alive comments, an error object mid-stream.
 //!
 //! It keeps a log of every request (which prompt, which fault, whether a full 200 went out and
 //! what the server would bill), so tests can assert nothing was lost, duplicated or over budget.
@@ -32,10 +35,17 @@ pub enum Fault {
     Status(u16),
     /// Never answers; waits until the client gives up and closes.
     Hang,
-    /// A 200 with the full `Content-Length` but only half the body, then the connection closes.
+    /// A 200 with the full `Content-Length` but only half the body, then the connection closes
+    /// (a stream: half its events, then the connection closes without `[DONE]`).
     Truncated,
-    /// A 200 whose body arrives in 8 chunks with this delay between chunks.
+    /// A 200 whose body arrives in 8 chunks with this delay between chunks (a stream: one
+    /// chunk per word with this delay before each).
     Slow(Duration),
+    /// A stream that sends its first content chunk, then only SSE keep-alive comments (every
+    /// 20 ms) until the client gives up. Without `stream` it behaves like `Hang`.
+    Stall,
+    /// A stream that sends its first content chunk, then an `{"error": ...}` data event.
+    StreamError,
 }
 
 impl Fault {
@@ -47,6 +57,8 @@ impl Fault {
             Fault::Hang => "hang".into(),
             Fault::Truncated => "truncated".into(),
             Fault::Slow(_) => "slow".into(),
+            Fault::Stall => "stall".into(),
+            Fault::StreamError => "stream_error".into(),
         }
     }
 }
@@ -461,7 +473,9 @@ async fn handle(
             )
             .await;
         }
-        Some(Fault::Hang) => {
+        Some(Fault::Hang | Fault::Stall)
+            if matches!(fault, Some(Fault::Hang)) || parsed["stream"] != true =>
+        {
             // Wait for the client to give up (read returns 0 or fails), at most 30 s.
             let mut sink = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(30), async {
@@ -539,6 +553,22 @@ async fn handle(
     record.billed_usd =
         (prompt_tokens as f64 * config.prices.0 + completion_tokens as f64 * config.prices.1) / 1e6;
     update(&record);
+    if parsed["stream"] == true {
+        let usage = json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens
+        });
+        let frame = StreamFrame {
+            id: format!("chatcmpl-{id}"),
+            model: parsed["model"].clone(),
+            include_usage: parsed["stream_options"]["include_usage"] == true,
+        };
+        let delivered = write_stream(stream, &frame, &content, finish_reason, usage, &fault).await;
+        record.delivered_ok = delivered;
+        update(&record);
+        return false;
+    }
     let mut bytes = response_head(200, "OK", body.len(), &[]);
     match &fault {
         Some(Fault::Truncated) => {
@@ -569,6 +599,93 @@ async fn handle(
             ok
         }
     }
+}
+
+/// What every chunk of one stream shares.
+struct StreamFrame {
+    id: String,
+    model: Value,
+    include_usage: bool,
+}
+
+impl StreamFrame {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Vec<u8> {
+        let mut chunk = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000u32,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        format!("data: {chunk}\n\n").into_bytes()
+    }
+}
+
+async fn send(stream: &mut TcpStream, bytes: Vec<u8>) -> bool {
+    stream.write_all(&bytes).await.is_ok() && stream.flush().await.is_ok()
+}
+
+/// Writes an SSE answer (connection closes after it); returns whether `[DONE]` went out.
+async fn write_stream(
+    stream: &mut TcpStream,
+    frame: &StreamFrame,
+    content: &str,
+    finish_reason: &str,
+    usage: Value,
+    fault: &Option<Fault>,
+) -> bool {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    let mut events = vec![frame.chunk(json!({"role": "assistant", "content": ""}), None)];
+    // One chunk per word, spaces kept, so the pieces add up to the content exactly.
+    let mut start = 0;
+    for (i, _) in content.match_indices(' ') {
+        events.push(frame.chunk(json!({"content": &content[start..i + 1]}), None));
+        start = i + 1;
+    }
+    if start < content.len() {
+        events.push(frame.chunk(json!({"content": &content[start..]}), None));
+    }
+    events.push(frame.chunk(json!({}), Some(finish_reason)));
+    if frame.include_usage {
+        let chunk = json!({
+            "id": frame.id, "object": "chat.completion.chunk", "created": 1_700_000_000u32,
+            "model": frame.model, "choices": [], "usage": usage,
+        });
+        events.push(format!("data: {chunk}\n\n").into_bytes());
+    }
+    events.push(b"data: [DONE]\n\n".to_vec());
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return false;
+    }
+    let total = events.len();
+    for (index, event) in events.into_iter().enumerate() {
+        match fault {
+            // Cut off halfway: the connection closes without `[DONE]`.
+            Some(Fault::Truncated) if index == total / 2 => return false,
+            Some(Fault::Slow(gap)) => tokio::time::sleep(*gap).await,
+            Some(Fault::Stall) if index == 2 => {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(30) {
+                    if !send(stream, b": keep-alive\n\n".to_vec()).await {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return false;
+            }
+            Some(Fault::StreamError) if index == 2 => {
+                let error = json!({"error": {"message": "injected mid-stream failure", "type": "server_error", "param": null, "code": null}});
+                let _ = send(stream, format!("data: {error}\n\n").into_bytes()).await;
+                return false;
+            }
+            _ => {}
+        }
+        if !send(stream, event).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// A client config for tests: short timeout and backoff, ledger in `ledger`.

@@ -1,0 +1,518 @@
+//! The server over real HTTP on loopback with SmolLM2-135M-Instruct (real weights, real
+//! tokenizer and chat template from `assets/smollm2-135m-instruct`, made by `cargo xtask assets`).
+//!
+//! One server per test binary (the model loads once); each test talks to it with reqwest or
+//! with the project's own `LlmClient`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_openai::types::chat::{CreateChatCompletionResponse, CreateChatCompletionStreamResponse};
+use llama::burn::tensor::Device;
+use llama::{ChatMessage, Pretrained, Tokenizer};
+use serde_json::{Value, json};
+use serve::{EngineOptions, EngineStats, Server, ServerOptions};
+
+const MODEL: &str = "smollm2-test";
+
+fn model_dir() -> PathBuf {
+    let paths = assets::AssetPaths::locate();
+    paths
+        .require(&paths.smollm2_dir())
+        .unwrap_or_else(|e| panic!("{e} (run `cargo xtask assets`)"))
+}
+
+fn load() -> Pretrained {
+    Pretrained::load(&model_dir(), &Device::flex()).expect("SmolLM2 loads")
+}
+
+struct Shared {
+    base: String,
+    stats: Arc<EngineStats>,
+    tokenizer: Tokenizer,
+}
+
+/// The shared server, on its own runtime thread so it outlives each test's runtime.
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let model = load();
+        let tokenizer = model.tokenizer.clone();
+        let server = Server::new(
+            model,
+            ServerOptions {
+                model_name: MODEL.into(),
+                engine: EngineOptions {
+                    max_batch: 8,
+                    max_queue: 64,
+                    batch_window: Duration::from_millis(20),
+                },
+            },
+        )
+        .unwrap();
+        let stats = server.stats();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                server
+                    .serve(listener, std::future::pending())
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Shared {
+            base: format!("http://{addr}/v1"),
+            stats,
+            tokenizer,
+        }
+    })
+}
+
+fn http() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider (see llm-client); any is fine here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn chat_body(question: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+async fn post(body: &Value) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/chat/completions", shared().base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Content of a non-streamed greedy answer.
+async fn answer(question: &str, max_tokens: u32) -> String {
+    let (status, body) = post(&chat_body(question, max_tokens)).await;
+    assert_eq!(status, 200, "{body}");
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `data:` payloads of an SSE body, checking the framing.
+async fn stream(body: &Value) -> Vec<String> {
+    let response = http()
+        .post(format!("{}/chat/completions", shared().base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter(|event| !event.trim().is_empty() && !event.starts_with(':'))
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+fn prompt_tokens(tokenizer: &Tokenizer, question: &str) -> usize {
+    let template = tokenizer.chat_template().unwrap().unwrap();
+    let text = template
+        .render(&[ChatMessage::user(question)], true)
+        .unwrap();
+    tokenizer.encode(&text, false).unwrap().len()
+}
+
+const FRANCE: &str = "What is the capital of France?";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_paris_with_exact_usage_and_the_same_text_streamed() {
+    let shared = shared();
+    let (status, body) = post(&chat_body(FRANCE, 32)).await;
+    assert_eq!(status, 200, "{body}");
+    // The official response type reads it.
+    let parsed: CreateChatCompletionResponse = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(parsed.object, "chat.completion");
+    assert_eq!(parsed.model, MODEL);
+    assert!(parsed.id.starts_with("chatcmpl-"));
+    let content = parsed.choices[0].message.content.clone().unwrap();
+    assert_eq!(content, "The capital of France is Paris.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    let usage = parsed.usage.unwrap();
+    // Prompt: the chat template's tokens; completion: the answer's tokens plus <|im_end|>.
+    assert_eq!(
+        usage.prompt_tokens as usize,
+        prompt_tokens(&shared.tokenizer, FRANCE)
+    );
+    let answer_tokens = shared.tokenizer.encode(&content, false).unwrap().len();
+    assert_eq!(usage.completion_tokens as usize, answer_tokens + 1);
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
+
+    let mut streamed = chat_body(FRANCE, 32);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = stream(&streamed).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    for chunk in &chunks {
+        let typed: CreateChatCompletionStreamResponse =
+            serde_json::from_value(chunk.clone()).unwrap();
+        assert_eq!(typed.object, "chat.completion.chunk");
+        assert_eq!(typed.id, chunks[0]["id"].as_str().unwrap());
+        assert!(
+            chunk.get("usage").is_some(),
+            "include_usage: every chunk has usage"
+        );
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, content);
+    // Text came in several pieces, not at once.
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(pieces >= 5, "{pieces} content chunks");
+    let (usage_chunk, choice_chunks) = chunks.split_last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], body["usage"]);
+    let last = choice_chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert!(
+        choice_chunks[..choice_chunks.len() - 1]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null() && c["usage"].is_null())
+    );
+
+    // Without include_usage there is no usage field at all.
+    streamed.as_object_mut().unwrap().remove("stream_options");
+    let events = stream(&streamed).await;
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert!(first.get("usage").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_limits_and_stop_strings() {
+    let (status, body) = post(&chat_body(FRANCE, 3)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["message"]["content"], "The capital of");
+
+    for stop in [json!("Paris"), json!(["nowhere", " is P"])] {
+        let mut request = chat_body(FRANCE, 32);
+        request["stop"] = stop.clone();
+        let (status, body) = post(&request).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["choices"][0]["finish_reason"], "stop", "{stop}");
+        let expected = if stop.is_string() {
+            "The capital of France is "
+        } else {
+            "The capital of France"
+        };
+        assert_eq!(body["choices"][0]["message"]["content"], expected, "{stop}");
+        // Streamed, the stop string's first characters are held back and never shown.
+        request["stream"] = json!(true);
+        let events = stream(&request).await;
+        let text: String = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, expected, "{stop}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
+    let shared = shared();
+    let questions = [
+        "What is the capital of France?",
+        "Name a primary colour.",
+        "What is 2 + 2?",
+        "Say hello in Spanish.",
+        "What colour is the sky on a clear day?",
+        "Name a fruit that is yellow.",
+    ];
+    let mut solo = Vec::new();
+    for question in questions {
+        solo.push(answer(question, 10).await);
+    }
+    let batches_before = shared.stats.batches.load(Ordering::SeqCst);
+    let requests_before = shared.stats.requests.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for (index, &question) in questions.iter().enumerate() {
+        let streamed = index % 3 == 1;
+        tasks.push(tokio::spawn(async move {
+            if streamed {
+                let mut body = chat_body(question, 10);
+                body["stream"] = json!(true);
+                let events = stream(&body).await;
+                events[..events.len() - 1]
+                    .iter()
+                    .map(|e| serde_json::from_str::<Value>(e).unwrap())
+                    .filter_map(|c| {
+                        c["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .collect::<String>()
+            } else {
+                answer(question, 10).await
+            }
+        }));
+    }
+    for (task, expected) in tasks.into_iter().zip(&solo) {
+        assert_eq!(&task.await.unwrap(), expected);
+    }
+    let batches = shared.stats.batches.load(Ordering::SeqCst) - batches_before;
+    let requests = shared.stats.requests.load(Ordering::SeqCst) - requests_before;
+    assert!(requests >= 6);
+    // Six requests sent at once did not run one by one.
+    assert!(
+        batches < requests,
+        "{batches} batches for {requests} requests"
+    );
+    assert!(shared.stats.largest_batch.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_reproducible() {
+    let mut body = chat_body("Write a word.", 8);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(42);
+    let (_, first) = post(&body).await;
+    let (_, again) = post(&body).await;
+    assert_eq!(
+        first["choices"][0]["message"],
+        again["choices"][0]["message"]
+    );
+    let mut contents = std::collections::BTreeSet::new();
+    for seed in 0..6 {
+        body["seed"] = json!(seed);
+        let (status, answer) = post(&body).await;
+        assert_eq!(status, 200);
+        contents.insert(answer["choices"][0]["message"]["content"].to_string());
+    }
+    assert!(
+        contents.len() > 1,
+        "six seeds gave one answer: {contents:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let base = &shared().base;
+    let client = http();
+    let send = |body: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("{base}/chat/completions"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let good = chat_body("Hi", 4);
+    let with = |key: &str, value: Value| {
+        let mut body = good.clone();
+        body[key] = value;
+        body.to_string()
+    };
+    let cases: Vec<(String, u16, Option<&str>, Option<&str>)> = vec![
+        ("{\"model\":".into(), 400, None, None),
+        (
+            with("model", json!("gpt-4o")),
+            404,
+            Some("model"),
+            Some("model_not_found"),
+        ),
+        (with("n", json!(2)), 400, Some("n"), None),
+        (
+            with("temperature", json!(3)),
+            400,
+            Some("temperature"),
+            None,
+        ),
+        (
+            with("temperature", json!("warm")),
+            400,
+            Some("temperature"),
+            None,
+        ),
+        (
+            with("max_tokens", json!(100_000)),
+            400,
+            Some("max_tokens"),
+            Some("context_length_exceeded"),
+        ),
+        (with("messages", json!([])), 400, Some("messages"), None),
+        (
+            with("messages", json!([{"role": "user"}])),
+            400,
+            Some("messages[0].content"),
+            None,
+        ),
+        (
+            with("logprobs", json!(true)),
+            400,
+            Some("logprobs"),
+            Some("unsupported_parameter"),
+        ),
+        (
+            with("stop", json!(["a", "b", "c", "d", "e"])),
+            400,
+            Some("stop"),
+            None,
+        ),
+    ];
+    for (body, status, param, code) in cases {
+        let (got, error) = send(body.clone()).await;
+        assert_eq!(got, status, "{body}: {error}");
+        let detail = &error["error"];
+        assert!(
+            detail["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
+        assert!(detail["type"].is_string(), "{error}");
+        assert_eq!(detail["param"].as_str(), param, "{body}: {error}");
+        assert_eq!(detail["code"].as_str(), code, "{body}: {error}");
+    }
+    let unknown = client
+        .get(format!("{base}/nothing/here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let error: Value = unknown.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let wrong_method = client
+        .get(format!("{base}/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert!(wrong_method.json::<Value>().await.unwrap()["error"]["message"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_listed() {
+    let base = &shared().base;
+    let list: Value = http()
+        .get(format!("{base}/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], MODEL);
+    assert_eq!(list["data"][0]["object"], "model");
+    let one = http()
+        .get(format!("{base}/models/{MODEL}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let missing = http()
+        .get(format!("{base}/models/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_client_streams_and_records_in_its_ledger() {
+    use llm_client::{ChatRequest, ClientConfig, Endpoint, LlmClient, StreamEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClientConfig::new(
+        Endpoint::new(&shared().base, MODEL),
+        dir.path().join("ledger.sqlite"),
+    );
+    let client = LlmClient::new(config).unwrap();
+    let request = ChatRequest::user(FRANCE)
+        .with_temperature(0.0)
+        .with_max_tokens(32);
+    let paris = client.chat(request.clone()).await.unwrap();
+    assert_eq!(paris.content, "The capital of France is Paris.");
+    assert_eq!(paris.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(paris.model, MODEL);
+    assert_eq!(paris.completion_tokens, 8);
+    assert!(!paris.from_ledger);
+    let again = client.chat(request).await.unwrap();
+    assert!(again.from_ledger);
+
+    let streamed_request = ChatRequest::user("Name a primary colour.")
+        .with_temperature(0.0)
+        .with_max_tokens(12);
+    let mut deltas = Vec::new();
+    let streamed = client
+        .chat_stream(streamed_request.clone(), &mut |event| {
+            if let StreamEvent::Delta(text) = event {
+                deltas.push(text.to_owned());
+            }
+        })
+        .await
+        .unwrap();
+    assert!(deltas.len() >= 3, "{deltas:?}");
+    assert_eq!(deltas.concat(), streamed.content);
+    assert_eq!(streamed.content, answer("Name a primary colour.", 12).await);
+    assert!(streamed.completion_tokens > 0 && streamed.prompt_tokens > 0);
+    let counts = client.ledger().counts().unwrap();
+    assert_eq!((counts.done, counts.failed, counts.attempts), (2, 0, 2));
+    assert!(client.chat(streamed_request).await.unwrap().from_ledger);
+}
