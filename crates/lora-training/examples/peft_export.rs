@@ -23,12 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assets = assets::AssetPaths::locate();
     let tokenizer = Tokenizer::from_hf_dir(assets.smollm2_dir())?;
     let config = LlamaConfig {
+        // The test shape with SmolLM2's vocabulary, so its real tokenizer applies.
         vocab_size: 49_152,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
         tie_word_embeddings: true,
         ..LlamaConfig::tiny_for_tests()
     };

@@ -592,11 +592,28 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
         .map(|&step| checkpoint_dir(run_dir, step)))
 }
 
+/// Keeps the newest `keep` checkpoints. A checkpoint is first renamed out of the `step-N`
+/// namespace and then deleted, so a kill mid-deletion leaves no half-deleted `step-N` behind;
+/// such leftovers (and any from older runs) are swept here.
 fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
     let steps = checkpoint_steps(run_dir)?;
+    let dir = run_dir.join(CHECKPOINTS_DIR);
     for &step in steps.iter().take(steps.len().saturating_sub(keep)) {
-        let dir = checkpoint_dir(run_dir, step);
-        std::fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+        let checkpoint = checkpoint_dir(run_dir, step);
+        let doomed = dir.join(format!(".deleting-step-{step:06}"));
+        std::fs::rename(&checkpoint, &doomed).map_err(io_error(&checkpoint))?;
+    }
+    for entry in std::fs::read_dir(&dir).map_err(io_error(&dir))? {
+        let path = entry.map_err(io_error(&dir))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        // Ours being deleted, or staging/backup directories a killed save left behind.
+        let leftover = name.is_some_and(|n| {
+            n.starts_with(".deleting-step-")
+                || (n.starts_with(".step-") && (n.contains(".tmp-") || n.contains(".old-")))
+        });
+        if leftover {
+            std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
+        }
     }
     Ok(())
 }

@@ -29,12 +29,8 @@ pub fn tokenizer() -> Tokenizer {
 /// A small random Llama that shares SmolLM2's vocabulary (fast enough for many steps).
 pub fn tiny_model(device: &Device, seed: u64) -> Llama {
     let config = LlamaConfig {
+        // The test shape with SmolLM2's vocabulary, so its real tokenizer applies.
         vocab_size: 49_152,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
         tie_word_embeddings: true,
         ..LlamaConfig::tiny_for_tests()
     };
