@@ -236,10 +236,14 @@ fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
             tracing::info!("held-out exact match {before:.3} -> {after:.3}");
             report.exact_match = Some((examples.len(), before, after));
         }
-        let plain_device = device.clone();
-        let base_model = Pretrained::load(&config.model.path, &plain_device)?;
+        // The base is already in memory; the merged model is read back from what was written,
+        // so validation also proves the exported directory loads.
+        let base_model = Pretrained {
+            model: base,
+            tokenizer: tokenizer.clone(),
+        };
         report.before = validate(base_model, "base", config, &run_dir.join("validate/base"))?;
-        let merged_model = Pretrained::load(&merged_dir, &plain_device)?;
+        let merged_model = Pretrained::load(&merged_dir, &device)?;
         report.after = validate(
             merged_model,
             "merged",

@@ -185,38 +185,7 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
         message: e.to_string(),
     })?;
     let device = model.device();
-    let read = |name: &str, shape: [usize; 2]| -> Result<Tensor<2>> {
-        let view = file.tensor(name).map_err(|_| Error::InvalidFile {
-            path: weights_path.clone(),
-            message: format!("tensor `{name}` is missing"),
-        })?;
-        if view.shape() != shape {
-            return Err(Error::InvalidFile {
-                path: weights_path.clone(),
-                message: format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    view.shape()
-                ),
-            });
-        }
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => HostDType::F32,
-            safetensors::Dtype::BF16 => HostDType::BF16,
-            safetensors::Dtype::F16 => HostDType::F16,
-            other => {
-                return Err(Error::InvalidFile {
-                    path: weights_path.clone(),
-                    message: format!("tensor `{name}` has unsupported dtype {other:?}"),
-                });
-            }
-        };
-        let host = HostTensor {
-            shape: shape.to_vec(),
-            dtype,
-            bytes: std::borrow::Cow::Borrowed(view.data()),
-        };
-        Ok(f32_tensor(host.to_f32_vec(), shape, &device))
-    };
+    let read = |name: &str, shape| read_matrix(&file, &weights_path, name, shape, &device);
     let mut loaded = model.clone().remove_adapters();
     for layer in 0..loaded.layers.len() {
         for &kind in &targets {
@@ -239,6 +208,46 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
     }
     *model = loaded;
     Ok(config)
+}
+
+/// The 2-d tensor `name` of a safetensors file (f32, bf16 or f16) as an f32 device tensor,
+/// checked against the `shape` the caller expects; errors name the file and the tensor.
+pub(crate) fn read_matrix(
+    file: &safetensors::SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: [usize; 2],
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let invalid = |message: String| Error::InvalidFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let view = file
+        .tensor(name)
+        .map_err(|_| invalid(format!("tensor `{name}` is missing")))?;
+    if view.shape() != shape {
+        return Err(invalid(format!(
+            "tensor `{name}` has shape {:?}, expected {shape:?}",
+            view.shape()
+        )));
+    }
+    let dtype = match view.dtype() {
+        safetensors::Dtype::F32 => HostDType::F32,
+        safetensors::Dtype::BF16 => HostDType::BF16,
+        safetensors::Dtype::F16 => HostDType::F16,
+        other => {
+            return Err(invalid(format!(
+                "tensor `{name}` has unsupported dtype {other:?}"
+            )));
+        }
+    };
+    let host = HostTensor {
+        shape: shape.to_vec(),
+        dtype,
+        bytes: std::borrow::Cow::Borrowed(view.data()),
+    };
+    Ok(f32_tensor(host.to_f32_vec(), shape, device))
 }
 
 /// How far the merged model's logits are from base + adapter's.

@@ -18,7 +18,7 @@ use llama::{HostDType, Llama, OwnedTensors, ProjectionKind, host_tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{
-    PeftAdapterConfig, f32_tensor, f32_values, load_peft_adapter, peft_tensor_name,
+    PeftAdapterConfig, f32_values, load_peft_adapter, peft_tensor_name, read_matrix,
     write_peft_files,
 };
 use crate::batches::{epoch_batches, padding_fraction};
@@ -688,27 +688,18 @@ fn restore(model: &mut Llama, optimizer: &mut AdamW, checkpoint: &Path) -> Resul
         message: e.to_string(),
     })?;
     let inner = device.clone().inner();
-    let read = |name: &str| -> Result<Tensor<2>> {
-        let view = file.tensor(name).map_err(|_| Error::InvalidFile {
-            path: path.clone(),
-            message: format!("tensor `{name}` is missing"),
-        })?;
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let shape = [view.shape()[0], view.shape()[1]];
-        Ok(f32_tensor(values, shape, &inner))
-    };
+    let shapes: Vec<[usize; 2]> = trainable(model).iter().map(Tensor::dims).collect();
+    let read = |name: String, index: usize| read_matrix(&file, &path, &name, shapes[index], &inner);
     let names = factor_names(model);
     optimizer.exp_avg = names
         .iter()
-        .map(|n| read(&format!("{n}.exp_avg")))
+        .enumerate()
+        .map(|(i, n)| read(format!("{n}.exp_avg"), i))
         .collect::<Result<_>>()?;
     optimizer.exp_avg_sq = names
         .iter()
-        .map(|n| read(&format!("{n}.exp_avg_sq")))
+        .enumerate()
+        .map(|(i, n)| read(format!("{n}.exp_avg_sq"), i))
         .collect::<Result<_>>()?;
     optimizer.steps = state.optimizer_steps;
     Ok(state)
