@@ -5,6 +5,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fixed_decode::FixedDecoder;
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
 use crate::{Error, Result};
@@ -113,14 +114,33 @@ struct Sequence {
     finish: Option<FinishReason>,
 }
 
-fn generate_batch(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    indices: &[usize],
-    config: &GenerationConfig,
-    device: &Device,
-) -> Vec<Generation> {
-    let mut sequences: Vec<Sequence> = indices
+/// How greedy batches were decoded on LibTorch CUDA devices since the process started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Batches decoded by replaying a captured CUDA graph of one step.
+    pub graph_batches: usize,
+    /// Steps run as graph replays.
+    pub graph_replays: usize,
+    /// Batches where capture or replay failed and eager decoding took over.
+    pub graph_failures: usize,
+    /// The last failure's message.
+    pub last_failure: Option<String>,
+}
+
+static DECODE_STATS: std::sync::Mutex<DecodeStats> = std::sync::Mutex::new(DecodeStats {
+    graph_batches: 0,
+    graph_replays: 0,
+    graph_failures: 0,
+    last_failure: None,
+});
+
+/// See [`DecodeStats`].
+pub fn decode_stats() -> DecodeStats {
+    DECODE_STATS.lock().expect("decode stats lock").clone()
+}
+
+fn new_sequences(indices: &[usize], config: &GenerationConfig) -> Vec<Sequence> {
+    indices
         .iter()
         .map(|&prompt_index| {
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -132,49 +152,10 @@ fn generate_batch(
                 finish: (config.max_new_tokens == 0).then_some(FinishReason::Length),
             }
         })
-        .collect();
-    if config.max_new_tokens > 0 {
-        let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (tokens, mask) = left_padded(&batch, device);
-        let mut cache = KvCache::new();
-        let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
-        // Rows of `cache` (and of `logits`) ↔ positions in `sequences`.
-        let mut active: Vec<usize> = (0..sequences.len()).collect();
-        let mut logits = last_logits(model, hidden);
-        loop {
-            let vocab = logits.len() / active.len();
-            for (row, &seq) in active.iter().enumerate() {
-                let row_logits = &logits[row * vocab..(row + 1) * vocab];
-                let sequence = &mut sequences[seq];
-                let token = sample(
-                    row_logits,
-                    config.temperature,
-                    config.top_p,
-                    &mut sequence.rng,
-                );
-                push_token(sequence, token, config);
-            }
-            let still_active: Vec<usize> = (0..active.len())
-                .filter(|&row| sequences[active[row]].finish.is_none())
-                .collect();
-            if still_active.is_empty() {
-                break;
-            }
-            if still_active.len() != active.len() {
-                cache.retain_rows(&still_active);
-                active = still_active.iter().map(|&row| active[row]).collect();
-            }
-            let next: Vec<i64> = active
-                .iter()
-                .map(|&seq| *sequences[seq].tokens.last().expect("one token per step") as i64)
-                .collect();
-            let rows = next.len();
-            let tokens = Tensor::<2, Int>::from_data(TensorData::new(next, [rows, 1]), device);
-            let mask = Tensor::<2, Int>::ones([rows, 1], device);
-            let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
-            logits = last_logits(model, hidden);
-        }
-    }
+        .collect()
+}
+
+fn finished(sequences: Vec<Sequence>, prompts: &[Vec<u32>]) -> Vec<Generation> {
     sequences
         .into_iter()
         .map(|s| {
@@ -184,6 +165,178 @@ fn generate_batch(
                 finish_reason: s.finish.expect("finished"),
             }
         })
+        .collect()
+}
+
+fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+) -> Vec<Generation> {
+    // Greedy decoding on a LibTorch GPU replays one captured step (launching ~1,500 kernels
+    // from the host per step is what bounds eager decoding there). TUNELOOP_CUDA_GRAPHS=0
+    // turns this off (eager steps, as on the CPU).
+    #[cfg(feature = "tch")]
+    if config.temperature <= 0.0
+        && config.max_new_tokens > 1
+        && std::env::var_os("TUNELOOP_CUDA_GRAPHS").is_none_or(|v| v != "0")
+        && let Some(gpu) = crate::cuda_graph::cuda_index(device)
+    {
+        match generate_batch_fixed(model, prompts, indices, config, device, Some(gpu)) {
+            Ok(generations) => return generations,
+            Err(error) => {
+                let mut stats = DECODE_STATS.lock().expect("decode stats lock");
+                stats.graph_failures += 1;
+                stats.last_failure = Some(error.to_string());
+            }
+        }
+    }
+    let mut sequences = new_sequences(indices, config);
+    if config.max_new_tokens > 0 {
+        let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
+        let (tokens, mask) = left_padded(&batch, device);
+        let mut cache = KvCache::with_capacity(tokens.dims()[1] + config.max_new_tokens);
+        let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
+        // Rows of `cache` (and of `next`) ↔ positions in `sequences`.
+        let mut active: Vec<usize> = (0..sequences.len()).collect();
+        let mut next = NextTokens::pick(model, hidden, config.temperature);
+        loop {
+            let chosen: Vec<u32> = match &next {
+                NextTokens::Greedy { host, .. } => host.clone(),
+                NextTokens::Logits(logits) => {
+                    let vocab = logits.len() / active.len();
+                    active
+                        .iter()
+                        .enumerate()
+                        .map(|(row, &seq)| {
+                            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+                            let sequence = &mut sequences[seq];
+                            sample(
+                                row_logits,
+                                config.temperature,
+                                config.top_p,
+                                &mut sequence.rng,
+                            )
+                        })
+                        .collect()
+                }
+            };
+            for (&seq, &token) in active.iter().zip(&chosen) {
+                push_token(&mut sequences[seq], token, config);
+            }
+            let still_active: Vec<usize> = (0..active.len())
+                .filter(|&row| sequences[active[row]].finish.is_none())
+                .collect();
+            if still_active.is_empty() {
+                break;
+            }
+            let rows = still_active.len();
+            let tokens = match next {
+                // Greedy with every row still going: feed the device's argmax straight back
+                // (no host-to-device copy).
+                NextTokens::Greedy { device: ids, .. } if rows == active.len() => ids,
+                _ => {
+                    let ids: Vec<i64> =
+                        still_active.iter().map(|&row| chosen[row] as i64).collect();
+                    Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, 1]), device)
+                }
+            };
+            if rows != active.len() {
+                cache.retain_rows(&still_active);
+                active = still_active.iter().map(|&row| active[row]).collect();
+            }
+            let mask = Tensor::<2, Int>::ones([rows, 1], device);
+            let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
+            next = NextTokens::pick(model, hidden, config.temperature);
+        }
+    }
+    finished(sequences, prompts)
+}
+
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+/// Greedy decoding with [`FixedDecoder`]: eager steps on the CPU (`gpu` = None, used by the
+/// tests), on a LibTorch GPU the second step captured as a CUDA graph and replayed for the
+/// rest. Rows that finish early keep being computed (shapes stay fixed); their extra tokens
+/// are dropped.
+fn generate_batch_fixed(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+    gpu: Option<usize>,
+) -> Result<Vec<Generation>> {
+    #[cfg(feature = "tch")]
+    let _stream = gpu.map(crate::cuda_graph::SideStream::enter).transpose()?;
+    let mut sequences = new_sequences(indices, config);
+    let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
+    let (tokens, mask) = left_padded(&batch, device);
+    let width = tokens.dims()[1];
+    // The first new token comes from the prefill; each step adds one key/value column.
+    let mut cache = KvCache::with_capacity(width + config.max_new_tokens);
+    let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
+    let first = match NextTokens::pick(model, hidden, 0.0) {
+        NextTokens::Greedy { device, .. } => device,
+        NextTokens::Logits(_) => unreachable!("temperature 0 picks on the device"),
+    };
+    let mut decoder = FixedDecoder::new(model, cache, mask, first);
+    #[cfg(feature = "tch")]
+    let mut graph: Option<crate::cuda_graph::CudaGraph> = None;
+    let mut steps = 0usize;
+    loop {
+        let chosen = host_ids(decoder.ids());
+        for (sequence, &token) in sequences.iter_mut().zip(&chosen) {
+            if sequence.finish.is_none() {
+                push_token(sequence, token, config);
+            }
+        }
+        if sequences.iter().all(|s| s.finish.is_some()) {
+            break;
+        }
+        if width + steps + 1 > decoder.capacity() {
+            return Err(Error::InvalidArgument(format!(
+                "fixed decoding ran past its {} positions",
+                decoder.capacity()
+            )));
+        }
+        // Step 1 runs eagerly (it also warms up kernels and cuBLAS on the side stream);
+        // step 2 is captured, then replayed, and every later step is a replay.
+        #[cfg(feature = "tch")]
+        if gpu.is_some() && steps >= 1 {
+            if graph.is_none() {
+                let (captured, ()) = crate::cuda_graph::CudaGraph::capture(|| decoder.step(model))?;
+                graph = Some(captured);
+            }
+            graph.as_ref().expect("captured").replay()?;
+            DECODE_STATS
+                .lock()
+                .expect("decode stats lock")
+                .graph_replays += 1;
+            steps += 1;
+            continue;
+        }
+        decoder.step(model);
+        steps += 1;
+    }
+    if gpu.is_some() {
+        DECODE_STATS
+            .lock()
+            .expect("decode stats lock")
+            .graph_batches += 1;
+    }
+    Ok(finished(sequences, prompts))
+}
+
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+fn host_ids(ids: Tensor<2, Int>) -> Vec<u32> {
+    ids.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int ids")
+        .into_iter()
+        .map(|id| id as u32)
         .collect()
 }
 
@@ -226,17 +379,40 @@ pub fn left_padded(batch: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor
     )
 }
 
-/// f32 logits of the last position of every row, row-major `[B * vocab]`.
-fn last_logits(model: &Llama, hidden: Tensor<3>) -> Vec<f32> {
-    let [batch, seq, width] = hidden.dims();
-    let last = hidden.narrow(1, seq - 1, 1);
-    let logits = model.logits(last).cast(FloatDType::F32);
-    debug_assert_eq!(width, model.config().hidden_size);
-    let data = logits.into_data();
-    debug_assert_eq!(data.dtype(), DType::F32);
-    let values = data.try_into_vec::<f32>().expect("f32 logits");
-    debug_assert_eq!(values.len() % batch, 0);
-    values
+/// The next token of every row, from the last position's hidden state.
+enum NextTokens {
+    /// Greedy decoding takes the argmax on the device: only `B` ids cross to the host instead
+    /// of `B × vocab` logits (33 MB per step at batch 64 with a 128K vocabulary).
+    Greedy {
+        device: Tensor<2, Int>,
+        host: Vec<u32>,
+    },
+    /// f32 logits row-major `[B * vocab]`, for sampling on the host.
+    Logits(Vec<f32>),
+}
+
+impl NextTokens {
+    fn pick(model: &Llama, hidden: Tensor<3>, temperature: f32) -> Self {
+        let [batch, seq, width] = hidden.dims();
+        debug_assert_eq!(width, model.config().hidden_size);
+        let logits = model.logits(hidden.narrow(1, seq - 1, 1));
+        if temperature <= 0.0 {
+            // Ties go to the lowest id on every backend, as [`argmax`] on the host.
+            let ids = logits.argmax(2).reshape([batch, 1]);
+            let host = ids
+                .to_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .expect("int argmax")
+                .into_iter()
+                .map(|id| id as u32)
+                .collect();
+            return Self::Greedy { device: ids, host };
+        }
+        let data = logits.cast(FloatDType::F32).into_data();
+        debug_assert_eq!(data.dtype(), DType::F32);
+        Self::Logits(data.try_into_vec::<f32>().expect("f32 logits"))
+    }
 }
 
 /// Picks the next token: argmax when `temperature` is 0, else a draw from
@@ -343,6 +519,34 @@ mod tests {
             sequence.push(argmax(&logits[logits.len() - vocab..]));
         }
         assert_eq!(&sequence[prompt.len()..], &batched[1].tokens[..3]);
+    }
+
+    /// The fixed-shape decoder (what a GPU captures as a CUDA graph) chooses the same tokens
+    /// as the growing-cache path, with left padding, stop tokens and rows finishing early.
+    #[test]
+    fn fixed_shape_decoding_matches_growing_cache() {
+        let (model, device) = tiny_model(45);
+        let prompts = prompts();
+        let indices: Vec<usize> = (0..prompts.len()).collect();
+        let free = GenerationConfig {
+            max_new_tokens: 10,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let reference = generate(&model, &prompts, &free, &device).unwrap();
+        let fixed = generate_batch_fixed(&model, &prompts, &indices, &free, &device, None).unwrap();
+        assert_eq!(fixed, reference);
+        // A stop token that ends one row early while the others go on.
+        let stop = reference[2].tokens[3];
+        let config = GenerationConfig {
+            stop_token_ids: vec![stop],
+            ..free
+        };
+        let stopped = generate(&model, &prompts, &config, &device).unwrap();
+        let fixed =
+            generate_batch_fixed(&model, &prompts, &indices, &config, &device, None).unwrap();
+        assert_eq!(fixed, stopped);
+        assert_eq!(stopped[2].finish_reason, FinishReason::Stop);
     }
 
     #[test]

@@ -22,8 +22,11 @@ mod error;
 
 pub mod chat_template;
 pub mod config;
+#[cfg(feature = "tch")]
+pub mod cuda_graph;
 pub mod device;
 pub mod export;
+mod fixed_decode;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
