@@ -4,9 +4,6 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_FEATURE_TCH").is_none() {
-        return;
-    }
     #[cfg(feature = "tch")]
     tch_build::compile();
 }

@@ -108,8 +108,13 @@ def main():
             prompt = o.get("prompt_tokens") or h.get("prompt_tokens")
             row(f"greedy decode batch {batch} ({prompt}-token prompts, {new} new), new tokens/s incl. prefill",
                 o.get("new_tokens_per_s"), h.get("new_tokens_per_s"))
-            row(f"greedy decode batch {batch}, decode steps only, tokens/s",
+            row(f"greedy decode batch {batch}, decode steps only (incl. graph capture), tokens/s",
                 o.get("decode_tokens_per_s"), h.get("decode_tokens_per_s"))
+            if o.get("cuda_graph_replay_ms"):
+                steady = batch * 1000.0 / o["cuda_graph_replay_ms"]
+                lines.append(f"| greedy decode batch {batch}, steady state: one replayed step every "
+                             f"{o['cuda_graph_replay_ms']:.2f} ms, tokens/s | {fmt(steady)} | "
+                             f"(HF: no graph; its steps/s above) | |")
         peak_ours = get(ours, "gpu_memory_mib", "peak")
         peak_hf = get(hf, "gpu_memory_mib", "peak")
         lines.append(f"| peak GPU memory (nvidia-smi, whole run), GiB | "
@@ -125,11 +130,14 @@ def main():
         for batch, d in sorted(ops_decode.items()):
             lines.append(f"| 8B op sequence on tiny matrices (step cost apart from the arithmetic), batch {batch}, "
                          f"decode steps/s | {fmt(d.get('decode_steps_per_s'))} | | |")
-        graphs = [(d["batch"], d.get("cuda_graph_replays"), d.get("cuda_graph_failures"))
+        graphs = [(d["batch"], d.get("cuda_graph_replays"), d.get("cuda_graph_failures"),
+                   d.get("cuda_graph_capture_s"), d.get("cuda_graph_warmup_s"))
                   for d in (get(ours, "decode") or [])]
         if graphs:
-            lines.append("\ntuneloop decode path (CUDA graph replays / failures per batch size): " +
-                         ", ".join(f"batch {b}: {r}/{f}" for b, r, f in graphs))
+            lines.append("\ntuneloop decode path (CUDA graph replays / failures / capture s / eager warm-up s, "
+                         "per timed batch): " +
+                         ", ".join(f"batch {b}: {r}/{f}/{(c or 0):.3f}/{(w or 0):.3f}"
+                                   for b, r, f, c, w in graphs))
             failures = [d.get("cuda_graph_last_failure") for d in (get(ours, "decode") or [])
                         if d.get("cuda_graph_last_failure")]
             if failures:

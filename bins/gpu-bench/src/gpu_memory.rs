@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct MemoryPoller {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     current: Arc<AtomicU64>,
     peak: Arc<AtomicU64>,
 }
@@ -46,7 +46,7 @@ impl MemoryPoller {
             }
         });
         let poller = Self {
-            child,
+            child: std::sync::Mutex::new(child),
             current,
             peak,
         };
@@ -71,11 +71,35 @@ impl MemoryPoller {
     }
 }
 
+impl MemoryPoller {
+    /// Stops sampling (the process-wide poller lives in a static, which is never dropped).
+    pub fn stop(&self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for MemoryPoller {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+static GLOBAL: std::sync::OnceLock<Option<MemoryPoller>> = std::sync::OnceLock::new();
+
+/// Starts the process-wide poller for GPU `index` (once); later calls return the same one.
+pub fn start_global(index: usize) -> Option<&'static MemoryPoller> {
+    GLOBAL.get_or_init(|| MemoryPoller::start(index)).as_ref()
+}
+
+/// The latest sample of the process-wide poller, if one runs.
+pub fn memory_now() -> Option<u64> {
+    GLOBAL
+        .get()
+        .and_then(Option::as_ref)
+        .map(MemoryPoller::current_mib)
 }
 
 /// The GPU index of a `cuda` / `cuda:N` device spec.

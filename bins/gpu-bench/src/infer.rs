@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::gpu_memory::{MemoryPoller, gpu_index};
+use crate::gpu_memory::{MemoryPoller, gpu_index, memory_now, start_global};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,12 +55,12 @@ pub fn run(options: &Options) -> Result<Value> {
     };
     let on_gpu = options.device.starts_with("cuda");
     let memory = if on_gpu {
-        MemoryPoller::start(gpu_index(&options.device))
+        start_global(gpu_index(&options.device))
     } else {
         None
     };
-    let memory_mib = |memory: &Option<MemoryPoller>| memory.as_ref().map(MemoryPoller::peak_mib);
-    let before_mib = memory.as_ref().map(MemoryPoller::current_mib);
+    let memory_mib = |memory: &Option<&MemoryPoller>| memory.map(MemoryPoller::peak_mib);
+    let before_mib = memory.map(MemoryPoller::current_mib);
     let device = crate::open_device(&options.device, options.precision)?;
 
     let started = Instant::now();
@@ -111,6 +111,9 @@ pub fn run(options: &Options) -> Result<Value> {
     eprintln!("infer: GEMM layouts {gemm}");
     let peak_mib = memory_mib(&memory);
 
+    if let Some(poller) = memory {
+        poller.stop();
+    }
     Ok(json!({
         "implementation": "tuneloop (burn 0.22.1 + LibTorch backend)",
         "device": options.device,
@@ -177,6 +180,7 @@ fn time_loglikelihood(
         Ok(scored.iter().map(|s| s.logprob).sum())
     })?;
     Ok(json!({
+        "gpu_memory_mib_after": memory_now(),
         "rows": rows.len(),
         "input_tokens": input_tokens,
         "seconds": seconds,
@@ -208,6 +212,7 @@ fn time_full_logits(
         Ok(total.into_scalar::<f32>() as f64)
     })?;
     Ok(json!({
+        "gpu_memory_mib_after": memory_now(),
         "rows": batch,
         "input_tokens": batch * width,
         "seconds": seconds,
@@ -263,6 +268,9 @@ fn time_decode(
         );
     }
     let decode_s = (total_s - prefill_s).max(1e-9);
+    let replays = stats.graph_replays - stats_before.graph_replays;
+    let replay_ms = (replays > 0)
+        .then(|| 1e3 * (stats.replay_seconds - stats_before.replay_seconds) / replays as f64);
     // The first new token comes from the prefill; the other new_tokens − 1 from decode steps.
     let steps = new_tokens.saturating_sub(1);
     Ok(json!({
@@ -275,6 +283,10 @@ fn time_decode(
         "decode_steps_per_s": steps as f64 / decode_s,
         "decode_tokens_per_s": (steps * batch) as f64 / decode_s,
         "cuda_graph_replays": stats.graph_replays - stats_before.graph_replays,
+        "cuda_graph_capture_s": stats.capture_seconds - stats_before.capture_seconds,
+        "cuda_graph_warmup_s": stats.warmup_seconds - stats_before.warmup_seconds,
+        "cuda_graph_replay_ms": replay_ms,
+        "gpu_memory_mib_after": memory_now(),
         "cuda_graph_failures": stats.graph_failures - stats_before.graph_failures,
         "cuda_graph_last_failure": stats.last_failure,
     }))

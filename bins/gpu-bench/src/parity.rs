@@ -91,34 +91,29 @@ pub fn run_one(device_spec: &str, precision: Precision, minilm: Option<&Path>) -
     let padded: Vec<Vec<u32>> = [5, 16, 11, 1, 9].iter().map(|&n| prompt(n)).collect();
     let unpadded: Vec<Vec<u32>> = (0..2).map(|_| prompt(24)).collect();
 
-    let mut checks = Vec::new();
-    checks.push(compare_forward(
-        "left-padded batch (masked attention, grouped-query path)",
-        &cpu_model,
-        &gpu_model,
-        &padded,
-        &cpu,
-        &gpu,
-        tolerance,
-    ));
-    checks.push(compare_forward(
-        "unpadded batch (plain causal, fused kernel)",
-        &cpu_model,
-        &gpu_model,
-        &unpadded,
-        &cpu,
-        &gpu,
-        tolerance,
-    ));
-    checks.push(compare_cache_decode(
-        &cpu_model, &gpu_model, &padded, &cpu, &gpu, tolerance,
-    ));
-    checks.push(compare_loglikelihood(
-        &cpu_model, &gpu_model, &padded, &cpu, &gpu, precision,
-    )?);
-    checks.push(compare_generation(
-        &cpu_model, &gpu_model, &padded, &cpu, &gpu, precision,
-    )?);
+    let mut checks = vec![
+        compare_forward(
+            "left-padded batch (masked attention, grouped-query path)",
+            &cpu_model,
+            &gpu_model,
+            &padded,
+            &cpu,
+            &gpu,
+            tolerance,
+        ),
+        compare_forward(
+            "unpadded batch (plain causal, fused kernel)",
+            &cpu_model,
+            &gpu_model,
+            &unpadded,
+            &cpu,
+            &gpu,
+            tolerance,
+        ),
+        compare_cache_decode(&cpu_model, &gpu_model, &padded, &cpu, &gpu, tolerance),
+        compare_loglikelihood(&cpu_model, &gpu_model, &padded, &cpu, &gpu, precision)?,
+        compare_generation(&cpu_model, &gpu_model, &padded, &cpu, &gpu, precision)?,
+    ];
     match minilm {
         Some(dir) if dir.join("model.safetensors").exists() => {
             checks.push(compare_minilm(dir, &cpu, &gpu, precision)?)
@@ -477,4 +472,33 @@ fn compare_minilm(dir: &Path, cpu: &Device, gpu: &Device, precision: Precision) 
         "max_abs_diff": max_abs_diff,
         "passed": min_cosine > limit,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_measures_relative_error_cosine_and_argmax() {
+        let reference = vec![vec![1.0f32, 4.0, 2.0], vec![-2.0, 0.5, 1.0]];
+        let same = Diff::of(&reference, &reference);
+        assert_eq!(same.max_abs_diff, 0.0);
+        assert!((same.min_cosine - 1.0).abs() < 1e-12);
+        assert_eq!(same.argmax_agreement, 1.0);
+        // Second row's argmax moves from 2 to 1; largest difference 0.6 against max |ref| 4.
+        let other = vec![vec![1.0f32, 4.0, 2.0], vec![-2.0, 1.1, 1.0]];
+        let diff = Diff::of(&reference, &other);
+        assert!((diff.relative() - 0.6 / 4.0).abs() < 1e-6, "{diff:?}");
+        assert_eq!(diff.argmax_agreement, 0.5);
+        assert!(diff.min_cosine < 0.99);
+        let tolerance = Tolerance {
+            relative: 0.2,
+            cosine: 0.9,
+        };
+        assert!(diff.passes(tolerance));
+        assert!(!diff.passes(Tolerance {
+            relative: 0.1,
+            ..tolerance
+        }));
+    }
 }

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <exception>
 
@@ -37,14 +39,22 @@ extern "C" {
 
 void tl_free_error(char *error) { free(error); }
 
-// Makes a pooled (non-default) stream current for this thread on `device`: graph capture
-// needs one. Waits for all earlier work on the device first, so that nothing enqueued on
-// the default stream is still running when the side stream starts using its results.
+// Makes a non-default stream current for this thread on `device` (graph capture needs one):
+// the same stream every time, so that what it has warmed up (cuBLAS workspaces) stays valid
+// for later captures. Waits for all earlier work on the device first, so that nothing
+// enqueued on the default stream is still running when the side stream uses its results.
 int tl_use_side_stream(int device, char **error) {
   return guarded(error, [&] {
+    static std::mutex lock;
+    static std::map<int, c10::cuda::CUDAStream> streams;
     c10::cuda::device_synchronize();
-    auto stream = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
-    c10::cuda::setCurrentCUDAStream(stream);
+    std::lock_guard<std::mutex> guard(lock);
+    auto found = streams.find(device);
+    if (found == streams.end()) {
+      auto stream = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
+      found = streams.emplace(device, stream).first;
+    }
+    c10::cuda::setCurrentCUDAStream(found->second);
   });
 }
 

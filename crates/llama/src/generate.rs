@@ -115,7 +115,7 @@ struct Sequence {
 }
 
 /// How greedy batches were decoded on LibTorch CUDA devices since the process started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecodeStats {
     /// Batches decoded by replaying a captured CUDA graph of one step.
     pub graph_batches: usize,
@@ -125,6 +125,12 @@ pub struct DecodeStats {
     pub graph_failures: usize,
     /// The last failure's message.
     pub last_failure: Option<String>,
+    /// Wall time of eager warm-up steps (the first graph batch on a device runs one).
+    pub warmup_seconds: f64,
+    /// Wall time of captures (one host pass over the step's ops, no kernels run).
+    pub capture_seconds: f64,
+    /// Wall time of replays, each followed by reading the chosen ids back to the host.
+    pub replay_seconds: f64,
 }
 
 static DECODE_STATS: std::sync::Mutex<DecodeStats> = std::sync::Mutex::new(DecodeStats {
@@ -132,7 +138,15 @@ static DECODE_STATS: std::sync::Mutex<DecodeStats> = std::sync::Mutex::new(Decod
     graph_replays: 0,
     graph_failures: 0,
     last_failure: None,
+    warmup_seconds: 0.0,
+    capture_seconds: 0.0,
+    replay_seconds: 0.0,
 });
+
+/// (GPU, batch size) pairs whose side stream has run an eager step (kernels for those shapes
+/// loaded, cuBLAS workspace made), so that later batches of that size capture directly.
+#[cfg(feature = "tch")]
+static WARM_GPUS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
 
 /// See [`DecodeStats`].
 pub fn decode_stats() -> DecodeStats {
@@ -236,7 +250,7 @@ fn generate_batch(
             let tokens = match next {
                 // Greedy with every row still going: feed the device's argmax straight back
                 // (no host-to-device copy).
-                NextTokens::Greedy { device: ids, .. } if rows == active.len() => ids,
+                NextTokens::Greedy { device: ids, .. } if rows == active.len() => *ids,
                 _ => {
                     let ids: Vec<i64> =
                         still_active.iter().map(|&row| chosen[row] as i64).collect();
@@ -278,15 +292,15 @@ fn generate_batch_fixed(
     let mut cache = KvCache::with_capacity(width + config.max_new_tokens);
     let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
     let first = match NextTokens::pick(model, hidden, 0.0) {
-        NextTokens::Greedy { device, .. } => device,
+        NextTokens::Greedy { device, .. } => *device,
         NextTokens::Logits(_) => unreachable!("temperature 0 picks on the device"),
     };
     let mut decoder = FixedDecoder::new(model, cache, mask, first);
     #[cfg(feature = "tch")]
     let mut graph: Option<crate::cuda_graph::CudaGraph> = None;
     let mut steps = 0usize;
+    let mut chosen = host_ids(decoder.ids());
     loop {
-        let chosen = host_ids(decoder.ids());
         for (sequence, &token) in sequences.iter_mut().zip(&chosen) {
             if sequence.finish.is_none() {
                 push_token(sequence, token, config);
@@ -301,23 +315,45 @@ fn generate_batch_fixed(
                 decoder.capacity()
             )));
         }
-        // Step 1 runs eagerly (it also warms up kernels and cuBLAS on the side stream);
-        // step 2 is captured, then replayed, and every later step is a replay.
+        // The first batch of a size on a GPU runs one eager step (it loads the kernels for
+        // those shapes and makes cuBLAS's workspace on the side stream); then one step is
+        // captured, and every step after is a replay.
         #[cfg(feature = "tch")]
-        if gpu.is_some() && steps >= 1 {
+        if let Some(gpu) = gpu {
+            let key = (gpu, sequences.len());
+            let warm = WARM_GPUS.lock().expect("warm GPUs lock").contains(&key);
+            let started = std::time::Instant::now();
+            if !warm {
+                decoder.step(model);
+                chosen = host_ids(decoder.ids());
+                WARM_GPUS.lock().expect("warm GPUs lock").push(key);
+                DECODE_STATS
+                    .lock()
+                    .expect("decode stats lock")
+                    .warmup_seconds += started.elapsed().as_secs_f64();
+                steps += 1;
+                continue;
+            }
             if graph.is_none() {
                 let (captured, ()) = crate::cuda_graph::CudaGraph::capture(|| decoder.step(model))?;
                 graph = Some(captured);
+                DECODE_STATS
+                    .lock()
+                    .expect("decode stats lock")
+                    .capture_seconds += started.elapsed().as_secs_f64();
             }
+            let started = std::time::Instant::now();
             graph.as_ref().expect("captured").replay()?;
-            DECODE_STATS
-                .lock()
-                .expect("decode stats lock")
-                .graph_replays += 1;
+            // Reading the ids waits for the replay to finish.
+            chosen = host_ids(decoder.ids());
+            let mut stats = DECODE_STATS.lock().expect("decode stats lock");
+            stats.graph_replays += 1;
+            stats.replay_seconds += started.elapsed().as_secs_f64();
             steps += 1;
             continue;
         }
         decoder.step(model);
+        chosen = host_ids(decoder.ids());
         steps += 1;
     }
     if gpu.is_some() {
@@ -384,7 +420,7 @@ enum NextTokens {
     /// Greedy decoding takes the argmax on the device: only `B` ids cross to the host instead
     /// of `B × vocab` logits (33 MB per step at batch 64 with a 128K vocabulary).
     Greedy {
-        device: Tensor<2, Int>,
+        device: Box<Tensor<2, Int>>,
         host: Vec<u32>,
     },
     /// f32 logits row-major `[B * vocab]`, for sampling on the host.
@@ -407,7 +443,10 @@ impl NextTokens {
                 .into_iter()
                 .map(|id| id as u32)
                 .collect();
-            return Self::Greedy { device: ids, host };
+            return Self::Greedy {
+                device: Box::new(ids),
+                host,
+            };
         }
         let data = logits.cast(FloatDType::F32).into_data();
         debug_assert_eq!(data.dtype(), DType::F32);

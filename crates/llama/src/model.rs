@@ -74,7 +74,7 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// `x`: `[B, T, hidden]`; `cache`: this layer's slot in a [`KvCache`].
+    /// `x`: `[B, T, hidden]`; `cache`: where this layer's keys and values go.
     fn forward(
         &self,
         x: Tensor<3>,
