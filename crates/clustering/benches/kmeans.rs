@@ -8,7 +8,8 @@
 //!
 //! Prints a Markdown table: our time / iterations / inertia next to scikit-learn's (run through
 //! tools/bench/kmeans_sklearn.py in the same invocation). Times are the best of `--repeat` fits
-//! (seeds `seed..seed+repeat`), iterations and inertia their mean;
+//! (seeds `seed..seed+repeat`), iterations and inertia their mean, and `z` the difference of the
+//! two mean inertias in standard errors (|z| < 2: the seeds explain it);
 //! restrict both to the same cores with `taskset` (rayon and OpenMP both follow the affinity mask).
 
 use std::path::{Path, PathBuf};
@@ -140,7 +141,21 @@ fn read_npy(path: &Path) -> Points {
 struct Measurement {
     time_s: f64,
     n_iter: usize,
+    /// Mean over the repeats.
     inertia: f64,
+    /// Standard error of `inertia` (0 for one repeat).
+    inertia_se: f64,
+}
+
+/// Mean and standard error of the mean.
+fn mean_and_se(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (variance / n).sqrt())
 }
 
 fn sklearn(args: &Args, data: &Path) -> Vec<(usize, usize, Measurement, String)> {
@@ -177,6 +192,7 @@ fn sklearn(args: &Args, data: &Path) -> Vec<(usize, usize, Measurement, String)>
                     time_s: v["time_s"].as_f64().unwrap(),
                     n_iter: v["n_iter"].as_u64().unwrap() as usize,
                     inertia: v["inertia"].as_f64().unwrap(),
+                    inertia_se: v["inertia_se"].as_f64().unwrap_or(0.0),
                 },
                 v["sklearn"].as_str().unwrap_or("?").to_owned(),
             )
@@ -221,9 +237,9 @@ fn main() {
     let args = parse_args();
     println!("threads: {} (rayon)", rayon::current_num_threads());
     println!(
-        "| data | n×d | k | n_init | ours s | ours iter | ours inertia | sklearn s | sklearn iter | sklearn inertia | inertia ours/sk | speed-up |"
+        "| data | n×d | k | n_init | ours s | ours iter | ours inertia | sklearn s | sklearn iter | sklearn inertia | inertia ours/sk | z | speed-up |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for data in &args.data {
         let points = read_npy(data);
         let reference = if args.sklearn {
@@ -235,7 +251,7 @@ fn main() {
         for &k in &args.ks {
             for &n_init in &args.n_inits {
                 let mut best: Option<Measurement> = None;
-                let (mut inertia_sum, mut iter_sum) = (0.0, 0);
+                let (mut inertias, mut iter_sum) = (Vec::new(), 0);
                 for repeat in 0..args.repeat {
                     let config = KMeansConfig {
                         n_init,
@@ -245,38 +261,49 @@ fn main() {
                     let start = Instant::now();
                     let model = KMeans::fit(&points, &config).expect("fit");
                     let time_s = start.elapsed().as_secs_f64();
-                    inertia_sum += model.inertia();
+                    inertias.push(model.inertia());
                     iter_sum += model.n_iter();
                     if best.as_ref().is_none_or(|b| time_s < b.time_s) {
                         best = Some(Measurement {
                             time_s,
                             n_iter: model.n_iter(),
                             inertia: model.inertia(),
+                            inertia_se: 0.0,
                         });
                     }
                 }
                 // Best time; mean inertia and iterations over the repeats (seeds seed..seed+repeat).
+                let (inertia, inertia_se) = mean_and_se(&inertias);
                 let ours = Measurement {
                     time_s: best.unwrap().time_s,
                     n_iter: iter_sum / args.repeat,
-                    inertia: inertia_sum / args.repeat as f64,
+                    inertia,
+                    inertia_se,
                 };
                 let theirs = reference
                     .iter()
                     .find(|(rk, rn, _, _)| *rk == k && *rn == n_init);
-                let (sk, ratio, speedup) = match theirs {
-                    Some((_, _, m, version)) => (
-                        format!(
-                            "{:.3} | {} | {:.6e} (sklearn {version})",
-                            m.time_s, m.n_iter, m.inertia
-                        ),
-                        format!("{:.5}", ours.inertia / m.inertia),
-                        format!("{:.2}×", m.time_s / ours.time_s),
-                    ),
-                    None => ("- | - | -".into(), "-".into(), "-".into()),
+                let (sk, ratio, z, speedup) = match theirs {
+                    Some((_, _, m, version)) => {
+                        let se = (ours.inertia_se.powi(2) + m.inertia_se.powi(2)).sqrt();
+                        (
+                            format!(
+                                "{:.3} | {} | {:.6e} (sklearn {version})",
+                                m.time_s, m.n_iter, m.inertia
+                            ),
+                            format!("{:.5}", ours.inertia / m.inertia),
+                            if se > 0.0 {
+                                format!("{:+.2}", (ours.inertia - m.inertia) / se)
+                            } else {
+                                "-".into()
+                            },
+                            format!("{:.2}×", m.time_s / ours.time_s),
+                        )
+                    }
+                    None => ("- | - | -".into(), "-".into(), "-".into(), "-".into()),
                 };
                 println!(
-                    "| {name} | {}×{} | {k} | {n_init} | {:.3} | {} | {:.6e} | {sk} | {ratio} | {speedup} |",
+                    "| {name} | {}×{} | {k} | {n_init} | {:.3} | {} | {:.6e} | {sk} | {ratio} | {z} | {speedup} |",
                     points.n_rows(),
                     points.dim(),
                     ours.time_s,

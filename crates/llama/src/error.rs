@@ -44,6 +44,9 @@ pub enum Error {
     UnsupportedRopeScaling { rope_type: String },
     #[error("{0}")]
     InvalidArgument(String),
+    /// CUDA graph capture or replay failed (LibTorch GPU decoding falls back to eager ops).
+    #[error("CUDA graph: {0}")]
+    CudaGraph(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fixed_decode::FixedDecoder;
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
 use crate::{Error, Result};
@@ -154,16 +155,51 @@ struct Sequence {
     finish: Option<FinishReason>,
 }
 
-fn generate_batch(
-    model: &Llama,
-    prompts: &[Vec<u32>],
+/// How greedy batches were decoded on LibTorch CUDA devices since the process started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecodeStats {
+    /// Batches decoded by replaying a captured CUDA graph of one step.
+    pub graph_batches: usize,
+    /// Steps run as graph replays.
+    pub graph_replays: usize,
+    /// Batches where capture or replay failed and eager decoding took over.
+    pub graph_failures: usize,
+    /// The last failure's message.
+    pub last_failure: Option<String>,
+    /// Wall time of eager warm-up steps (the first graph batch on a device runs one).
+    pub warmup_seconds: f64,
+    /// Wall time of captures (one host pass over the step's ops, no kernels run).
+    pub capture_seconds: f64,
+    /// Wall time of replays, each followed by reading the chosen ids back to the host.
+    pub replay_seconds: f64,
+}
+
+static DECODE_STATS: std::sync::Mutex<DecodeStats> = std::sync::Mutex::new(DecodeStats {
+    graph_batches: 0,
+    graph_replays: 0,
+    graph_failures: 0,
+    last_failure: None,
+    warmup_seconds: 0.0,
+    capture_seconds: 0.0,
+    replay_seconds: 0.0,
+});
+
+/// (GPU, batch size) pairs whose side stream has run an eager step (kernels for those shapes
+/// loaded, cuBLAS workspace made), so that later batches of that size capture directly.
+#[cfg(feature = "tch")]
+static WARM_GPUS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// See [`DecodeStats`].
+pub fn decode_stats() -> DecodeStats {
+    DECODE_STATS.lock().expect("decode stats lock").clone()
+}
+
+fn new_sequences(
     indices: &[usize],
     config: &GenerationConfig,
-    device: &Device,
     seeds: Option<&[u64]>,
-    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
-) -> Vec<Generation> {
-    let mut sequences: Vec<Sequence> = indices
+) -> Vec<Sequence> {
+    indices
         .iter()
         .map(|&prompt_index| {
             let rng = match seeds {
@@ -181,57 +217,10 @@ fn generate_batch(
                 finish: (config.max_new_tokens == 0).then_some(FinishReason::Length),
             }
         })
-        .collect();
-    if config.max_new_tokens > 0 {
-        let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (tokens, mask) = left_padded(&batch, device);
-        let mut cache = KvCache::new();
-        let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
-        // Rows of `cache` (and of `logits`) ↔ positions in `sequences`.
-        let mut active: Vec<usize> = (0..sequences.len()).collect();
-        let mut logits = last_logits(model, hidden);
-        loop {
-            let vocab = logits.len() / active.len();
-            for (row, &seq) in active.iter().enumerate() {
-                let row_logits = &logits[row * vocab..(row + 1) * vocab];
-                let sequence = &mut sequences[seq];
-                let token = sample(
-                    row_logits,
-                    config.temperature,
-                    config.top_p,
-                    &mut sequence.rng,
-                );
-                push_token(sequence, token, config);
-                let verdict = on_step(TokenStep {
-                    prompt_index: sequence.prompt_index,
-                    tokens: &sequence.tokens,
-                    finished: sequence.finish,
-                });
-                if sequence.finish.is_none() {
-                    sequence.finish = verdict;
-                }
-            }
-            let still_active: Vec<usize> = (0..active.len())
-                .filter(|&row| sequences[active[row]].finish.is_none())
-                .collect();
-            if still_active.is_empty() {
-                break;
-            }
-            if still_active.len() != active.len() {
-                cache.retain_rows(&still_active);
-                active = still_active.iter().map(|&row| active[row]).collect();
-            }
-            let next: Vec<i64> = active
-                .iter()
-                .map(|&seq| *sequences[seq].tokens.last().expect("one token per step") as i64)
-                .collect();
-            let rows = next.len();
-            let tokens = Tensor::<2, Int>::from_data(TensorData::new(next, [rows, 1]), device);
-            let mask = Tensor::<2, Int>::ones([rows, 1], device);
-            let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
-            logits = last_logits(model, hidden);
-        }
-    }
+        .collect()
+}
+
+fn finished(sequences: Vec<Sequence>, prompts: &[Vec<u32>]) -> Vec<Generation> {
     sequences
         .into_iter()
         .map(|s| {
@@ -242,6 +231,305 @@ fn generate_batch(
             }
         })
         .collect()
+}
+
+fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+    seeds: Option<&[u64]>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Vec<Generation> {
+    // Greedy decoding on a LibTorch GPU replays one captured step (launching ~1,500 kernels
+    // from the host per step is what bounds eager decoding there). TUNELOOP_CUDA_GRAPHS=0
+    // turns this off (eager steps, as on the CPU).
+    #[cfg(feature = "tch")]
+    if config.temperature <= 0.0
+        && config.max_new_tokens > 1
+        && std::env::var_os("TUNELOOP_CUDA_GRAPHS").is_none_or(|v| v != "0")
+        && let Some(gpu) = crate::cuda_graph::cuda_index(device)
+    {
+        let mut reported = ReportedSteps::default();
+        let result = generate_batch_fixed(
+            model,
+            prompts,
+            indices,
+            config,
+            device,
+            Some(gpu),
+            &mut |step| reported.forward(step, on_step),
+        );
+        match result {
+            Ok(generations) => return generations,
+            Err(error) => {
+                let mut stats = DECODE_STATS.lock().expect("decode stats lock");
+                stats.graph_failures += 1;
+                stats.last_failure = Some(error.to_string());
+            }
+        }
+        return eager_batch_resuming(
+            model, prompts, indices, config, device, seeds, &reported, on_step,
+        );
+    }
+    eager_batch(model, prompts, indices, config, device, seeds, on_step)
+}
+
+/// The verdicts a caller's `on_step` gave, per prompt in step order.
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+#[derive(Default)]
+struct ReportedSteps(std::collections::HashMap<usize, Vec<Option<FinishReason>>>);
+
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+impl ReportedSteps {
+    fn forward(
+        &mut self,
+        step: TokenStep<'_>,
+        on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+    ) -> Option<FinishReason> {
+        let prompt_index = step.prompt_index;
+        let verdict = on_step(step);
+        self.0.entry(prompt_index).or_default().push(verdict);
+        verdict
+    }
+
+    fn verdict(&self, prompt_index: usize, step: usize) -> Option<Option<FinishReason>> {
+        self.0.get(&prompt_index)?.get(step).copied()
+    }
+}
+
+/// [`eager_batch`] after a graph decode failed part-way: eager decoding starts over, and as
+/// greedy choices are the same, the steps the caller has already seen are answered from
+/// `reported` instead of being reported twice.
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+fn eager_batch_resuming(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+    seeds: Option<&[u64]>,
+    reported: &ReportedSteps,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Vec<Generation> {
+    let mut replayed = vec![0usize; prompts.len()];
+    eager_batch(
+        model,
+        prompts,
+        indices,
+        config,
+        device,
+        seeds,
+        &mut |step| match reported.verdict(step.prompt_index, replayed[step.prompt_index]) {
+            Some(verdict) => {
+                replayed[step.prompt_index] += 1;
+                verdict
+            }
+            None => on_step(step),
+        },
+    )
+}
+
+/// Decoding with a cache that grows by one column per step and drops finished rows; sampling
+/// or greedy, on any device.
+fn eager_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+    seeds: Option<&[u64]>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Vec<Generation> {
+    let mut sequences = new_sequences(indices, config, seeds);
+    if config.max_new_tokens > 0 {
+        let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
+        let (tokens, mask) = left_padded(&batch, device);
+        let mut cache = KvCache::with_capacity(tokens.dims()[1] + config.max_new_tokens);
+        let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
+        // Rows of `cache` (and of `next`) ↔ positions in `sequences`.
+        let mut active: Vec<usize> = (0..sequences.len()).collect();
+        let mut next = NextTokens::pick(model, hidden, config.temperature);
+        loop {
+            let chosen: Vec<u32> = match &next {
+                NextTokens::Greedy { host, .. } => host.clone(),
+                NextTokens::Logits(logits) => {
+                    let vocab = logits.len() / active.len();
+                    active
+                        .iter()
+                        .enumerate()
+                        .map(|(row, &seq)| {
+                            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+                            let sequence = &mut sequences[seq];
+                            sample(
+                                row_logits,
+                                config.temperature,
+                                config.top_p,
+                                &mut sequence.rng,
+                            )
+                        })
+                        .collect()
+                }
+            };
+            for (&seq, &token) in active.iter().zip(&chosen) {
+                take_token(&mut sequences[seq], token, config, on_step);
+            }
+            let still_active: Vec<usize> = (0..active.len())
+                .filter(|&row| sequences[active[row]].finish.is_none())
+                .collect();
+            if still_active.is_empty() {
+                break;
+            }
+            let rows = still_active.len();
+            let tokens = match next {
+                // Greedy with every row still going: feed the device's argmax straight back
+                // (no host-to-device copy).
+                NextTokens::Greedy { device: ids, .. } if rows == active.len() => *ids,
+                _ => {
+                    let ids: Vec<i64> =
+                        still_active.iter().map(|&row| chosen[row] as i64).collect();
+                    Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, 1]), device)
+                }
+            };
+            if rows != active.len() {
+                cache.retain_rows(&still_active);
+                active = still_active.iter().map(|&row| active[row]).collect();
+            }
+            let mask = Tensor::<2, Int>::ones([rows, 1], device);
+            let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
+            next = NextTokens::pick(model, hidden, config.temperature);
+        }
+    }
+    finished(sequences, prompts)
+}
+
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+/// Greedy decoding with [`FixedDecoder`]: eager steps on the CPU (`gpu` = None, used by the
+/// tests), on a LibTorch GPU the second step captured as a CUDA graph and replayed for the
+/// rest. Rows that finish early keep being computed (shapes stay fixed); their extra tokens
+/// are dropped.
+fn generate_batch_fixed(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    indices: &[usize],
+    config: &GenerationConfig,
+    device: &Device,
+    gpu: Option<usize>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Result<Vec<Generation>> {
+    #[cfg(feature = "tch")]
+    let _stream = gpu.map(crate::cuda_graph::SideStream::enter).transpose()?;
+    // Greedy: no sampling streams to seed.
+    let mut sequences = new_sequences(indices, config, None);
+    let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
+    let (tokens, mask) = left_padded(&batch, device);
+    let width = tokens.dims()[1];
+    // The first new token comes from the prefill; each step adds one key/value column.
+    let mut cache = KvCache::with_capacity(width + config.max_new_tokens);
+    let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
+    let first = match NextTokens::pick(model, hidden, 0.0) {
+        NextTokens::Greedy { device, .. } => *device,
+        NextTokens::Logits(_) => unreachable!("temperature 0 picks on the device"),
+    };
+    let mut decoder = FixedDecoder::new(model, cache, mask, first);
+    #[cfg(feature = "tch")]
+    let mut graph: Option<crate::cuda_graph::CudaGraph> = None;
+    let mut steps = 0usize;
+    let mut chosen = host_ids(decoder.ids());
+    loop {
+        for (sequence, &token) in sequences.iter_mut().zip(&chosen) {
+            if sequence.finish.is_none() {
+                take_token(sequence, token, config, on_step);
+            }
+        }
+        if sequences.iter().all(|s| s.finish.is_some()) {
+            break;
+        }
+        if width + steps + 1 > decoder.capacity() {
+            return Err(Error::InvalidArgument(format!(
+                "fixed decoding ran past its {} positions",
+                decoder.capacity()
+            )));
+        }
+        // The first batch of a size on a GPU runs one eager step (it loads the kernels for
+        // those shapes and makes cuBLAS's workspace on the side stream); then one step is
+        // captured, and every step after is a replay.
+        #[cfg(feature = "tch")]
+        if let Some(gpu) = gpu {
+            let key = (gpu, sequences.len());
+            let warm = WARM_GPUS.lock().expect("warm GPUs lock").contains(&key);
+            let started = std::time::Instant::now();
+            if !warm {
+                decoder.step(model);
+                chosen = host_ids(decoder.ids());
+                WARM_GPUS.lock().expect("warm GPUs lock").push(key);
+                DECODE_STATS
+                    .lock()
+                    .expect("decode stats lock")
+                    .warmup_seconds += started.elapsed().as_secs_f64();
+                steps += 1;
+                continue;
+            }
+            if graph.is_none() {
+                let (captured, ()) = crate::cuda_graph::CudaGraph::capture(|| decoder.step(model))?;
+                graph = Some(captured);
+                DECODE_STATS
+                    .lock()
+                    .expect("decode stats lock")
+                    .capture_seconds += started.elapsed().as_secs_f64();
+            }
+            let started = std::time::Instant::now();
+            graph.as_ref().expect("captured").replay()?;
+            // Reading the ids waits for the replay to finish.
+            chosen = host_ids(decoder.ids());
+            let mut stats = DECODE_STATS.lock().expect("decode stats lock");
+            stats.graph_replays += 1;
+            stats.replay_seconds += started.elapsed().as_secs_f64();
+            steps += 1;
+            continue;
+        }
+        decoder.step(model);
+        chosen = host_ids(decoder.ids());
+        steps += 1;
+    }
+    if gpu.is_some() {
+        DECODE_STATS
+            .lock()
+            .expect("decode stats lock")
+            .graph_batches += 1;
+    }
+    Ok(finished(sequences, prompts))
+}
+
+#[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
+fn host_ids(ids: Tensor<2, Int>) -> Vec<u32> {
+    ids.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int ids")
+        .into_iter()
+        .map(|id| id as u32)
+        .collect()
+}
+
+/// [`push_token`], then reports the step to `on_step`, which may end the sequence.
+fn take_token(
+    sequence: &mut Sequence,
+    token: u32,
+    config: &GenerationConfig,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) {
+    push_token(sequence, token, config);
+    let verdict = on_step(TokenStep {
+        prompt_index: sequence.prompt_index,
+        tokens: &sequence.tokens,
+        finished: sequence.finish,
+    });
+    if sequence.finish.is_none() {
+        sequence.finish = verdict;
+    }
 }
 
 /// Appends `token` and decides whether the sequence is done.
@@ -283,17 +571,43 @@ pub fn left_padded(batch: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor
     )
 }
 
-/// f32 logits of the last position of every row, row-major `[B * vocab]`.
-fn last_logits(model: &Llama, hidden: Tensor<3>) -> Vec<f32> {
-    let [batch, seq, width] = hidden.dims();
-    let last = hidden.narrow(1, seq - 1, 1);
-    let logits = model.logits(last).cast(FloatDType::F32);
-    debug_assert_eq!(width, model.config().hidden_size);
-    let data = logits.into_data();
-    debug_assert_eq!(data.dtype(), DType::F32);
-    let values = data.try_into_vec::<f32>().expect("f32 logits");
-    debug_assert_eq!(values.len() % batch, 0);
-    values
+/// The next token of every row, from the last position's hidden state.
+enum NextTokens {
+    /// Greedy decoding takes the argmax on the device: only `B` ids cross to the host instead
+    /// of `B × vocab` logits (33 MB per step at batch 64 with a 128K vocabulary).
+    Greedy {
+        device: Box<Tensor<2, Int>>,
+        host: Vec<u32>,
+    },
+    /// f32 logits row-major `[B * vocab]`, for sampling on the host.
+    Logits(Vec<f32>),
+}
+
+impl NextTokens {
+    fn pick(model: &Llama, hidden: Tensor<3>, temperature: f32) -> Self {
+        let [batch, seq, width] = hidden.dims();
+        debug_assert_eq!(width, model.config().hidden_size);
+        let logits = model.logits(hidden.narrow(1, seq - 1, 1));
+        if temperature <= 0.0 {
+            // Ties go to the lowest id on every backend, as [`argmax`] on the host.
+            let ids = logits.argmax(2).reshape([batch, 1]);
+            let host = ids
+                .to_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .expect("int argmax")
+                .into_iter()
+                .map(|id| id as u32)
+                .collect();
+            return Self::Greedy {
+                device: Box::new(ids),
+                host,
+            };
+        }
+        let data = logits.cast(FloatDType::F32).into_data();
+        debug_assert_eq!(data.dtype(), DType::F32);
+        Self::Logits(data.try_into_vec::<f32>().expect("f32 logits"))
+    }
 }
 
 /// Picks the next token: argmax when `temperature` is 0, else a draw from
@@ -402,6 +716,116 @@ mod tests {
         assert_eq!(&sequence[prompt.len()..], &batched[1].tokens[..3]);
     }
 
+    /// The fixed-shape decoder (what a GPU captures as a CUDA graph) chooses the same tokens
+    /// as the growing-cache path, with left padding, stop tokens and rows finishing early.
+    #[test]
+    fn fixed_shape_decoding_matches_growing_cache() {
+        let (model, device) = tiny_model(45);
+        let prompts = prompts();
+        let indices: Vec<usize> = (0..prompts.len()).collect();
+        let free = GenerationConfig {
+            max_new_tokens: 10,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let mut eager_steps = Vec::new();
+        let reference = generate_streaming(&model, &prompts, &free, &device, None, &mut |s| {
+            eager_steps.push((s.prompt_index, s.tokens.to_vec(), s.finished));
+            None
+        })
+        .unwrap();
+        let mut fixed_steps = Vec::new();
+        let fixed =
+            generate_batch_fixed(&model, &prompts, &indices, &free, &device, None, &mut |s| {
+                fixed_steps.push((s.prompt_index, s.tokens.to_vec(), s.finished));
+                None
+            })
+            .unwrap();
+        assert_eq!(fixed, reference);
+        // The same reports, step for step (the order within a step may differ).
+        let by_prompt_and_length = |a: &(usize, Vec<u32>, _), b: &(usize, Vec<u32>, _)| {
+            (a.0, a.1.len()).cmp(&(b.0, b.1.len()))
+        };
+        eager_steps.sort_by(by_prompt_and_length);
+        fixed_steps.sort_by(by_prompt_and_length);
+        assert_eq!(fixed_steps, eager_steps);
+        // A stop token that ends one row early while the others go on.
+        let stop = reference[2].tokens[3];
+        let config = GenerationConfig {
+            stop_token_ids: vec![stop],
+            ..free
+        };
+        let stopped = generate(&model, &prompts, &config, &device).unwrap();
+        let fixed = generate_batch_fixed(
+            &model,
+            &prompts,
+            &indices,
+            &config,
+            &device,
+            None,
+            &mut |_| None,
+        )
+        .unwrap();
+        assert_eq!(fixed, stopped);
+        assert_eq!(stopped[2].finish_reason, FinishReason::Stop);
+    }
+
+    /// After a graph decode fails part-way, the eager restart answers the steps the caller
+    /// already saw from the record (including a verdict that ended a sequence) and reports
+    /// only the new ones.
+    #[test]
+    fn eager_restart_reports_each_step_once() {
+        let (model, device) = tiny_model(45);
+        let prompts = prompts();
+        let indices: Vec<usize> = (0..prompts.len()).collect();
+        let config = GenerationConfig {
+            max_new_tokens: 6,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let reference = generate(&model, &prompts, &config, &device).unwrap();
+        // What the failed graph decode had reported: two steps of every prompt, and prompt 1
+        // ended by its caller at its second token.
+        let mut reported = ReportedSteps::default();
+        for (prompt_index, generation) in reference.iter().enumerate() {
+            for n in 1..=2 {
+                let step = TokenStep {
+                    prompt_index,
+                    tokens: &generation.tokens[..n],
+                    finished: None,
+                };
+                reported.forward(step, &mut |s| {
+                    (s.prompt_index == 1 && s.tokens.len() == 2).then_some(FinishReason::Stop)
+                });
+            }
+        }
+        let mut seen = Vec::new();
+        let resumed = eager_batch_resuming(
+            &model,
+            &prompts,
+            &indices,
+            &config,
+            &device,
+            None,
+            &reported,
+            &mut |s| {
+                seen.push((s.prompt_index, s.tokens.len()));
+                None
+            },
+        );
+        assert_eq!(resumed[1].tokens, reference[1].tokens[..2]);
+        assert_eq!(resumed[1].finish_reason, FinishReason::Stop);
+        for i in [0, 2, 3] {
+            assert_eq!(resumed[i], reference[i]);
+        }
+        seen.sort();
+        let expected: Vec<(usize, usize)> = [0, 2, 3]
+            .into_iter()
+            .flat_map(|i| (3..=6).map(move |n| (i, n)))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
     #[test]
     fn seeded_sampling_is_reproducible_and_seed_dependent() {
         let (model, device) = tiny_model(42);
@@ -477,6 +901,35 @@ mod tests {
     }
 
     #[test]
+    fn nucleus_keeps_only_the_top_tokens() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        // p ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps ids 0 and 1 only.
+        let logits = [3.0f32, 2.0, 1.0, 0.0];
+        let mut seen = [0usize; 4];
+        for _ in 0..2000 {
+            seen[sample(&logits, 1.0, 0.7, &mut rng) as usize] += 1;
+        }
+        assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
+        assert!(seen[1] > 300 && seen[0] > 1200, "{seen:?}");
+        assert_eq!(sample(&logits, 0.0, 1.0, &mut rng), 0);
+        assert_eq!(argmax(&[1.0, 5.0, 5.0]), 1);
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        let (model, device) = tiny_model(44);
+        let config = GenerationConfig::default();
+        assert!(matches!(
+            generate(&model, &[vec![]], &config, &device),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            generate(&model, &[vec![300]], &config, &device),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
     fn streaming_reports_every_step_and_can_end_a_sequence() {
         let (model, device) = tiny_model(45);
         let config = GenerationConfig {
@@ -549,35 +1002,6 @@ mod tests {
                 Some(&seeds[..2]),
                 &mut |_| None
             ),
-            Err(Error::InvalidArgument(_))
-        ));
-    }
-
-    #[test]
-    fn nucleus_keeps_only_the_top_tokens() {
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        // p ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps ids 0 and 1 only.
-        let logits = [3.0f32, 2.0, 1.0, 0.0];
-        let mut seen = [0usize; 4];
-        for _ in 0..2000 {
-            seen[sample(&logits, 1.0, 0.7, &mut rng) as usize] += 1;
-        }
-        assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
-        assert!(seen[1] > 300 && seen[0] > 1200, "{seen:?}");
-        assert_eq!(sample(&logits, 0.0, 1.0, &mut rng), 0);
-        assert_eq!(argmax(&[1.0, 5.0, 5.0]), 1);
-    }
-
-    #[test]
-    fn bad_arguments_are_rejected() {
-        let (model, device) = tiny_model(44);
-        let config = GenerationConfig::default();
-        assert!(matches!(
-            generate(&model, &[vec![]], &config, &device),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            generate(&model, &[vec![300]], &config, &device),
             Err(Error::InvalidArgument(_))
         ));
     }

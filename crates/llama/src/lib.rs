@@ -17,13 +17,21 @@
 //! template through [`Pretrained::load`]; lower down, [`SafetensorsSource::open`] or
 //! [`GgufModel::open`] feed [`Llama::from_source`], [`loglikelihood::loglikelihood`] scores
 //! continuations as lm-evaluation-harness does, and [`write_hf_dir`] exports any weights.
+//!
+//! The device is chosen at run time ([`device::select_device`]: `cpu`, or `cuda[:N]` with the
+//! `tch` feature, bf16 by default). On a LibTorch GPU, greedy [`generate::generate`] replays a
+//! captured CUDA graph of one fixed-shape decode step (`cuda_graph`, `tch` builds only).
 
 mod error;
 
+pub mod causal_attention;
 pub mod chat_template;
 pub mod config;
+#[cfg(feature = "tch")]
+pub mod cuda_graph;
 pub mod device;
 pub mod export;
+mod fixed_decode;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;

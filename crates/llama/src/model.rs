@@ -10,8 +10,9 @@ use std::sync::Mutex;
 
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
+use crate::causal_attention::causal_attention;
 use crate::config::LlamaConfig;
-use crate::kv_cache::{KvCache, LayerKv};
+use crate::kv_cache::KvCache;
 use crate::lora::LoraAdapter;
 use crate::rope::{Rope, apply_rotary};
 
@@ -62,7 +63,8 @@ impl RmsNorm {
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
         let variance = x.clone().square().mean_dim(2);
-        let normed = x * variance.add_scalar(self.eps).sqrt().recip();
+        // x^-0.5 is one kernel (LibTorch runs it as rsqrt, as HF's `torch.rsqrt`).
+        let normed = x * variance.add_scalar(self.eps).powf_scalar(-0.5);
         self.weight.val().unsqueeze::<3>() * normed.cast(dtype)
     }
 }
@@ -79,56 +81,100 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// `x`: `[B, T, hidden]`.
+    /// `x`: `[B, T, hidden]`; `cache`: where this layer's keys and values go.
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &AttentionMask,
-        cache: Option<&mut Option<LayerKv>>,
+        cache: KvSlot<'_>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        // `[B, T, n·D]` → `[B, n, T, D]`; with one position that is a single reshape (a
+        // decode step is bound by the number of tensor ops, so every op counts there).
+        let heads = |t: Tensor<3>, n: usize| {
+            if seq == 1 {
+                t.reshape([batch, n, 1, self.head_dim])
+            } else {
+                t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
+            }
+        };
         let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
         let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
         let (k, v) = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some(past) => LayerKv {
-                        keys: Tensor::cat(vec![past.keys, k], 2),
-                        values: Tensor::cat(vec![past.values, v], 2),
-                    },
-                    None => LayerKv { keys: k, values: v },
-                };
-                let out = (kv.keys.clone(), kv.values.clone());
-                *slot = Some(kv);
-                out
+            KvSlot::None => (k, v),
+            KvSlot::Append { cache, layer } => cache.append(layer, k, v),
+            KvSlot::Fixed {
+                keys,
+                values,
+                write,
+            } => {
+                // `buffer += write ⊙ new`: `write` is one-hot over the buffer's positions, the
+                // position itself a device tensor, so the same ops serve every decode step
+                // (what a replayed CUDA graph needs); the buffer is updated in place.
+                let keys_all = keys.take().expect("fixed KV buffer") + write.clone() * k;
+                let values_all = values.take().expect("fixed KV buffer") + write.clone() * v;
+                *keys = Some(keys_all.clone());
+                *values = Some(values_all.clone());
+                (keys_all, values_all)
             }
-            None => (k, v),
         };
         let repeats = self.num_heads / self.num_kv_heads;
-        let options = AttentionModuleOptions {
-            is_causal: mask.is_none(),
-            ..Default::default()
+        let out = match mask {
+            // Training: one differentiable op whose backward stores no [T, T] matrix.
+            None if q.device().is_autodiff() => causal_attention(
+                q,
+                repeat_kv(k, repeats),
+                repeat_kv(v, repeats),
+                1.0 / (self.head_dim as f64).sqrt(),
+            ),
+            // Plain causal: fused kernels (flash attention) skip the mask entirely; they need
+            // as many key/value heads as query heads.
+            None => attention(
+                q,
+                repeat_kv(k, repeats),
+                repeat_kv(v, repeats),
+                None,
+                None,
+                AttentionModuleOptions {
+                    is_causal: true,
+                    ..Default::default()
+                },
+            ),
+            Some(mask) => grouped_query_attention(q, k, v, mask.clone(), repeats),
         };
-        let out = attention(
-            q,
-            repeat_kv(k, repeats),
-            repeat_kv(v, repeats),
-            mask.clone(),
-            None,
-            options,
-        );
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        let out = if seq == 1 {
+            out.reshape([batch, 1, self.num_heads * self.head_dim])
+        } else {
+            out.swap_dims(1, 2)
+                .reshape([batch, seq, self.num_heads * self.head_dim])
+        };
         self.o_proj.forward(out)
     }
+}
+
+/// Attention with `repeats` query heads per key/value head, without copying keys and values
+/// `repeats` times: the query heads of a group are stacked along the query axis
+/// (`[B, H, T, D]` → `[B, H/repeats, repeats·T, D]`), which is exact because every query
+/// row is independent. `mask` is already in that grouped layout (`[B, 1, repeats·T, S]`).
+///
+/// During decoding this replaces a copy of the whole cache per layer and step by a reshape
+/// of one position's queries.
+fn grouped_query_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    repeats: usize,
+) -> Tensor<4> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let q = q.reshape([batch, heads / repeats, repeats * seq, head_dim]);
+    let out = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default());
+    out.reshape([batch, heads, seq, head_dim])
 }
 
 /// A contiguous copy of a (transposed) matrix. Flattening a non-viewable layout forces
@@ -176,13 +222,13 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &AttentionMask,
-        cache: Option<&mut Option<LayerKv>>,
+        cache: KvSlot<'_>,
     ) -> Tensor<3> {
         let attended = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
@@ -287,6 +333,10 @@ impl Llama {
             None
         } else {
             let forbidden = attention_mask_4d(key_mask.clone(), past, seq);
+            let forbidden = grouped_mask(
+                forbidden,
+                self.config.num_attention_heads / self.config.num_kv_heads(),
+            );
             Some(if fused_attention_masks_true(&device) {
                 forbidden
             } else {
@@ -298,7 +348,13 @@ impl Llama {
         let (cos, sin) = self.rope.cos_sin(positions, x.dtype(), &device);
         let mut x = x;
         for (index, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| c.layer_slot(index));
+            let slot = match cache.as_deref_mut() {
+                Some(cache) => KvSlot::Append {
+                    cache,
+                    layer: index,
+                },
+                None => KvSlot::None,
+            };
             x = layer.forward(x, &cos, &sin, &mask, slot);
         }
         if let Some(cache) = cache {
@@ -313,16 +369,46 @@ impl Llama {
     }
 }
 
+/// Where a layer's keys and values go.
+pub(crate) enum KvSlot<'a> {
+    /// No cache: attend to this forward's positions only.
+    None,
+    /// Append to layer `layer` of a growing cache.
+    Append {
+        cache: &'a mut KvCache,
+        layer: usize,
+    },
+    /// Add into fixed buffers `[B, kv_heads, capacity, head_dim]` at the position `write`
+    /// (`[1, 1, capacity, 1]`, one-hot) selects; attend to the whole buffers.
+    Fixed {
+        keys: &'a mut Option<Tensor<4>>,
+        values: &'a mut Option<Tensor<4>>,
+        write: &'a Tensor<4>,
+    },
+}
+
 /// How one forward restricts attention (the same for every layer): `None` = plain causal
-/// (no padding, no cache), else `[B, 1, T, past + T]` in the device's fused-attention
-/// mask convention.
-type AttentionMask = Option<Tensor<4, Bool>>;
+/// (no padding, no cache), else `[B, 1, repeats·T, past + T]` (the grouped-query layout of
+/// [`grouped_query_attention`]) in the device's fused-attention mask convention.
+pub(crate) type AttentionMask = Option<Tensor<4, Bool>>;
+
+/// Repeats each query row's mask for the `repeats` query heads stacked along the query axis:
+/// `[B, 1, T, S]` → `[B, 1, repeats·T, S]`, once per forward rather than once per layer.
+pub(crate) fn grouped_mask(mask: Tensor<4, Bool>, repeats: usize) -> Tensor<4, Bool> {
+    if repeats == 1 {
+        return mask;
+    }
+    let [batch, _, seq, keys] = mask.dims();
+    mask.unsqueeze_dim::<5>(1)
+        .expand([batch, 1, repeats, seq, keys])
+        .reshape([batch, 1, repeats * seq, keys])
+}
 
 /// Whether the device's fused attention drops keys where the boolean mask is true (burn's
 /// documented convention). burn-tch 0.22 hands burn's mask straight to PyTorch's SDPA,
 /// where true means "attend": probed once per device with a two-key attention so the model
 /// is right either way.
-fn fused_attention_masks_true(device: &Device) -> bool {
+pub(crate) fn fused_attention_masks_true(device: &Device) -> bool {
     static PROBED: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
     let key = format!("{device:?}");
     let mut probed = PROBED.lock().expect("probe cache lock");

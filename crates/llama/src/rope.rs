@@ -28,8 +28,9 @@ impl Rope {
         &self.inv_freq
     }
 
-    /// `cos` and `sin` tables for the given positions, shaped `[B, 1, T, head_dim]` for
-    /// broadcasting over heads, in `dtype`.
+    /// `cos` and signed `sin` tables for the given positions, shaped `[B, 1, T, head_dim]`
+    /// for broadcasting over heads, in `dtype`: `cos = [cos θ, cos θ]` and
+    /// `sin = [−sin θ, sin θ]` (the sign of rotate-half folded in, see [`apply_rotary`]).
     ///
     /// Angles are formed in f32 whatever the model dtype, as HF does (it disables autocast
     /// for this product): bf16 cannot even represent positions above 256 exactly.
@@ -39,31 +40,56 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
+        self.cos_sin_with(positions, &self.inv_freq_tensor(device), dtype)
+    }
+
+    /// The inverse frequencies as an f32 device tensor `[head_dim / 2]`.
+    pub fn inv_freq_tensor(&self, device: &Device) -> Tensor<1> {
+        Tensor::<1>::from_data(
+            TensorData::new(self.inv_freq.clone(), [self.inv_freq.len()]),
+            (device, DType::F32),
+        )
+    }
+
+    /// [`Rope::cos_sin`] with the frequencies already on the device: no host-to-device copy,
+    /// so it can run inside a captured CUDA graph.
+    pub fn cos_sin_with(
+        &self,
+        positions: Tensor<2, Int>,
+        inv_freq: &Tensor<1>,
+        dtype: DType,
+    ) -> (Tensor<4>, Tensor<4>) {
         let [batch, seq] = positions.dims();
         let half = self.inv_freq.len();
         let positions = positions.cast(FloatDType::F32).reshape([batch, seq, 1]);
-        let inv_freq = Tensor::<1>::from_data(
-            TensorData::new(self.inv_freq.clone(), [half]),
-            (device, DType::F32),
-        )
-        .reshape([1, 1, half]);
+        let inv_freq = inv_freq.clone().reshape([1, 1, half]);
         let angles = positions * inv_freq;
-        let angles = Tensor::cat(vec![angles.clone(), angles], 2);
-        let cos = angles.clone().cos().cast(dtype).unsqueeze_dim::<4>(1);
-        let sin = angles.sin().cast(dtype).unsqueeze_dim::<4>(1);
-        (cos, sin)
+        let cos = angles.clone().cos();
+        let sin = angles.sin();
+        let cos = Tensor::cat(vec![cos.clone(), cos], 2);
+        let sin = Tensor::cat(vec![sin.clone().neg(), sin], 2);
+        (
+            cos.cast(dtype).unsqueeze_dim::<4>(1),
+            sin.cast(dtype).unsqueeze_dim::<4>(1),
+        )
     }
 }
 
 /// Applies the rotation to `x` of shape `[B, heads, T, head_dim]` in HF's rotate-half layout
-/// (the first half of each head pairs with the second half).
+/// (the first half of each head pairs with the second half), with the tables of
+/// [`Rope::cos_sin`]: `x·cos + swap_halves(x)·sin`, which equals HF's
+/// `x·cos + rotate_half(x)·sin` exactly (`rotate_half(x) = [−x₂, x₁]`, and the sign lives in
+/// `sin`). Swapping the halves is one flip of a `[.., 2, head_dim/2]` view instead of two
+/// slices, a negation and a concatenation: fewer tensor ops per layer, which is what a
+/// decode step on a GPU is bound by.
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let head_dim = x.dims()[3];
-    let half = head_dim / 2;
-    let first = x.clone().narrow(3, 0, half);
-    let second = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x * cos.clone() + rotated * sin.clone()
+    let [batch, heads, seq, head_dim] = x.dims();
+    let swapped = x
+        .clone()
+        .reshape([batch, heads, seq, 2, head_dim / 2])
+        .flip([3])
+        .reshape([batch, heads, seq, head_dim]);
+    x * cos.clone() + swapped * sin.clone()
 }
 
 /// The inverse frequencies in f64, scaled as `config.rope_scaling` asks.

@@ -1,0 +1,498 @@
+//! Causal self-attention as one differentiable operation, for training.
+//!
+//! burn's autodiff records attention as its decomposed ops, so the backward keeps the
+//! `[B, H, T, T]` scores and probabilities of every layer alive until it reaches them (at
+//! T = 2048 and 32 heads that is about 0.5 GiB per layer in bf16, and the bulk of our memory
+//! gap to HF + PEFT). Here the forward keeps only what a flash-attention backward needs —
+//! the inputs, the output and the row log-sum-exp `[B, H, T]` — and the backward recomputes
+//! the probabilities block by block (LibTorch on CUDA: PyTorch's flash-attention kernels) or
+//! for the whole matrix at once, transiently (every other backend: [`reference_forward`] and
+//! [`reference_backward`], written with the backend's own tensor ops).
+//!
+//! The operation is a burn backend extension: [`CausalAttentionOps`] is implemented for each
+//! backend the workspace builds and for `Autodiff<B, _>`, where it registers the custom
+//! backward. [`causal_attention`] is the `Tensor` front.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
+use burn::tensor::{FloatDType, Shape, Tensor, TensorData};
+
+/// Causal attention `softmax(Q·Kᵀ·scale + causal) · V` over `[B, H, T, D]` queries, keys and
+/// values (as many key/value heads as query heads; the caller repeats grouped heads).
+// burn-tch is deprecated upstream; it is the backend that links LibTorch.
+#[cfg_attr(feature = "tch", allow(deprecated))]
+#[backend_extension(Flex: cfg(feature = "flex"), LibTorch: cfg(feature = "tch"), Autodiff)]
+pub trait CausalAttentionOps: Backend {
+    /// The output and the log-sum-exp of each query row's scaled, masked scores (`[B, H, T]`,
+    /// f32, natural log): what the backward needs besides the inputs.
+    fn causal_attention_forward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference_forward::<Self>(query, key, value, scale)
+    }
+
+    /// Gradients of the query, key and value from the output's gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward(
+        grad_output: FloatTensor<Self>,
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        logsumexp: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference_backward::<Self>(grad_output, query, key, value, output, logsumexp, scale)
+    }
+
+    /// The attention output (`[B, H, T, D]`).
+    fn causal_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::causal_attention_forward(query, key, value, scale).0
+    }
+}
+
+/// Causal attention with a memory-lean backward (see the module docs). `query`, `key` and
+/// `value` are `[B, H, T, D]`.
+pub fn causal_attention(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    scale: f64,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CausalAttentionOps>::causal_attention(
+        query.into_dispatch(),
+        key.into_dispatch(),
+        value.into_dispatch(),
+        scale,
+    ))
+}
+
+#[cfg(feature = "flex")]
+impl CausalAttentionOps for burn::backend::Flex {}
+
+impl<B: Backend + CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps for Autodiff<B, C> {
+    fn causal_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct CausalAttentionBackward;
+
+        type Saved<B> = (
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            f64,
+        );
+
+        impl<B: Backend + CausalAttentionOps> Backward<B, 3> for CausalAttentionBackward {
+            type State = Saved<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                #[cfg(test)]
+                tests::BACKWARD_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let grad_output = grads.consume::<B>(&ops.node);
+                let (query, key, value, output, logsumexp, scale) = ops.state;
+                let (grad_query, grad_key, grad_value) = B::causal_attention_backward(
+                    grad_output,
+                    query,
+                    key,
+                    value,
+                    output,
+                    logsumexp,
+                    scale,
+                );
+                let [query_node, key_node, value_node] = ops.parents;
+                for (node, grad) in [
+                    (query_node, grad_query),
+                    (key_node, grad_key),
+                    (value_node, grad_value),
+                ] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let parents = [query.node(), key.node(), value.node()];
+        let (query, key, value) = (
+            query.into_primitive(),
+            key.into_primitive(),
+            value.into_primitive(),
+        );
+        match CausalAttentionBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (output, logsumexp) =
+                    B::causal_attention_forward(query.clone(), key.clone(), value.clone(), scale);
+                prep.finish(
+                    (query, key, value, output.clone(), logsumexp, scale),
+                    output,
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::causal_attention_forward(query, key, value, scale).0)
+            }
+        }
+    }
+}
+
+/// `true` above the causal diagonal (key after query), as `[B, H, T, T]`.
+fn future_mask<B: Backend>(shape: &Shape, device: &B::Device) -> B::BoolTensorPrimitive {
+    let (seq, keys) = (shape[2], shape[3]);
+    let mask: Vec<bool> = (0..seq)
+        .flat_map(|query| (0..keys).map(move |key| key > query))
+        .collect();
+    let mask = B::bool_from_data(TensorData::new(mask, [1, 1, seq, keys]), device);
+    B::bool_expand(mask, shape.clone())
+}
+
+/// `[B, H, T, 1]` → `[B, H, T, S]` (a view).
+fn along_keys<B: Backend>(rows: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
+    B::float_expand(rows, shape.clone())
+}
+
+/// The scaled, causally masked scores in f32 (`[B, H, T, T]`).
+fn masked_scores<B: Backend>(
+    query: &FloatTensor<B>,
+    key: &FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let query = B::float_cast(query.clone(), FloatDType::F32);
+    let key = B::float_cast(key.clone(), FloatDType::F32);
+    let scores = B::float_mul_scalar(
+        B::float_matmul(query, B::float_swap_dims(key, 2, 3)),
+        scale.into(),
+    );
+    let shape = scores.shape();
+    let mask = future_mask::<B>(&shape, &scores.device());
+    B::float_mask_fill(scores, mask, f64::NEG_INFINITY.into())
+}
+
+/// The attention forward with the whole score matrix, in the backend's own ops: the
+/// reference the fused kernels are checked against, and the path of backends without one.
+pub fn reference_forward<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dtype = FloatDType::from(query.dtype());
+    let scores = masked_scores::<B>(&query, &key, scale);
+    let shape = scores.shape();
+    let row_max = B::float_max_dim(scores.clone(), 3);
+    let shifted = B::float_exp(B::float_sub(
+        scores.clone(),
+        along_keys::<B>(row_max.clone(), &shape),
+    ));
+    let logsumexp = B::float_add(row_max, B::float_log(B::float_sum_dim(shifted, 3)));
+    let probabilities = B::float_exp(B::float_sub(
+        scores,
+        along_keys::<B>(logsumexp.clone(), &shape),
+    ));
+    let value = B::float_cast(value, FloatDType::F32);
+    let output = B::float_cast(B::float_matmul(probabilities, value), dtype);
+    let rows = Shape::from([shape[0], shape[1], shape[2]]);
+    (output, B::float_reshape(logsumexp, rows))
+}
+
+/// The attention backward for [`reference_forward`]: with `P` the probabilities recomputed
+/// from the saved log-sum-exp and `δ = rowsum(dO ⊙ O)`,
+/// `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − δ)`, `dQ = dS·K·scale`, `dK = dSᵀ·Q·scale`.
+pub fn reference_backward<B: Backend>(
+    grad_output: FloatTensor<B>,
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    output: FloatTensor<B>,
+    logsumexp: FloatTensor<B>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let dtypes = [query.dtype(), key.dtype(), value.dtype()].map(FloatDType::from);
+    let scores = masked_scores::<B>(&query, &key, scale);
+    let shape = scores.shape();
+    let rows = Shape::from([shape[0], shape[1], shape[2], 1]);
+    let logsumexp = B::float_reshape(B::float_cast(logsumexp, FloatDType::F32), rows);
+    let probabilities = B::float_exp(B::float_sub(scores, along_keys::<B>(logsumexp, &shape)));
+    let f32 = |tensor: FloatTensor<B>| B::float_cast(tensor, FloatDType::F32);
+    let (grad_output, query, key, value, output) = (
+        f32(grad_output),
+        f32(query),
+        f32(key),
+        f32(value),
+        f32(output),
+    );
+    let grad_value = B::float_matmul(
+        B::float_swap_dims(probabilities.clone(), 2, 3),
+        grad_output.clone(),
+    );
+    let grad_probabilities = B::float_matmul(grad_output.clone(), B::float_swap_dims(value, 2, 3));
+    let delta = B::float_sum_dim(B::float_mul(grad_output, output), 3);
+    let grad_scores = B::float_mul(
+        probabilities,
+        B::float_sub(grad_probabilities, along_keys::<B>(delta, &shape)),
+    );
+    let grad_query = B::float_mul_scalar(B::float_matmul(grad_scores.clone(), key), scale.into());
+    let grad_key = B::float_mul_scalar(
+        B::float_matmul(B::float_swap_dims(grad_scores, 2, 3), query),
+        scale.into(),
+    );
+    let [query_dtype, key_dtype, value_dtype] = dtypes;
+    (
+        B::float_cast(grad_query, query_dtype),
+        B::float_cast(grad_key, key_dtype),
+        B::float_cast(grad_value, value_dtype),
+    )
+}
+
+#[cfg(feature = "tch")]
+mod libtorch {
+    //! PyTorch's flash-attention kernels (bf16/f16 on CUDA, head size ≤ 256 and a multiple
+    //! of 8), called through csrc/attention.cpp because tch does not bind the forward (it
+    //! returns integers beside tensors). Everything else takes the reference path.
+    #![allow(deprecated)] // burn-tch is deprecated upstream; it is the backend that links LibTorch
+
+    use super::{CausalAttentionOps, reference_backward, reference_forward};
+    use burn::backend::LibTorch;
+    use burn::backend::libtorch::TchTensor;
+    use std::ffi::{CStr, c_char, c_void};
+
+    unsafe extern "C" {
+        fn tl_free_error(error: *mut c_char);
+        fn tl_flash_attention_forward(
+            query: *const c_void,
+            key: *const c_void,
+            value: *const c_void,
+            scale: f64,
+            output: *mut *mut c_void,
+            logsumexp: *mut *mut c_void,
+            error: *mut *mut c_char,
+        ) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        fn tl_flash_attention_backward(
+            grad_output: *const c_void,
+            query: *const c_void,
+            key: *const c_void,
+            value: *const c_void,
+            output: *const c_void,
+            logsumexp: *const c_void,
+            scale: f64,
+            grad_query: *mut *mut c_void,
+            grad_key: *mut *mut c_void,
+            grad_value: *mut *mut c_void,
+            error: *mut *mut c_char,
+        ) -> i32;
+    }
+
+    fn flash_eligible(query: &TchTensor) -> bool {
+        let head_dim = query.tensor.size().last().copied().unwrap_or(0);
+        query.tensor.device().is_cuda()
+            && matches!(query.tensor.kind(), tch::Kind::BFloat16 | tch::Kind::Half)
+            && head_dim % 8 == 0
+            && head_dim <= 256
+    }
+
+    fn raw(tensor: &TchTensor) -> *const c_void {
+        tensor.tensor.as_ptr() as *const c_void
+    }
+
+    /// Owns a tensor the shim allocated.
+    fn owned(raw: *mut c_void) -> TchTensor {
+        // SAFETY: the shim returns a heap `at::Tensor*` that nothing else references.
+        TchTensor::new(unsafe { tch::Tensor::from_ptr(raw as *mut _) })
+    }
+
+    /// Panics with the shim's message: like every LibTorch kernel failure in burn-tch (which
+    /// panics inside tch), a failed kernel here is not recoverable by the caller.
+    fn check(what: &str, status: i32, error: *mut c_char) {
+        if status != 0 {
+            // SAFETY: on failure the shim sets a malloc'd, NUL-terminated message.
+            let message = unsafe { CStr::from_ptr(error) }
+                .to_string_lossy()
+                .into_owned();
+            unsafe { tl_free_error(error) };
+            panic!("{what}: {message}");
+        }
+    }
+
+    impl CausalAttentionOps for LibTorch {
+        fn causal_attention_forward(
+            query: TchTensor,
+            key: TchTensor,
+            value: TchTensor,
+            scale: f64,
+        ) -> (TchTensor, TchTensor) {
+            if !flash_eligible(&query) {
+                return reference_forward::<Self>(query, key, value, scale);
+            }
+            let (mut output, mut logsumexp) = (std::ptr::null_mut(), std::ptr::null_mut());
+            let mut error = std::ptr::null_mut();
+            // SAFETY: valid tensors in, fresh tensors out (or an error message).
+            let status = unsafe {
+                tl_flash_attention_forward(
+                    raw(&query),
+                    raw(&key),
+                    raw(&value),
+                    scale,
+                    &mut output,
+                    &mut logsumexp,
+                    &mut error,
+                )
+            };
+            check("flash attention forward", status, error);
+            (owned(output), owned(logsumexp))
+        }
+
+        fn causal_attention_backward(
+            grad_output: TchTensor,
+            query: TchTensor,
+            key: TchTensor,
+            value: TchTensor,
+            output: TchTensor,
+            logsumexp: TchTensor,
+            scale: f64,
+        ) -> (TchTensor, TchTensor, TchTensor) {
+            if !flash_eligible(&query) {
+                return reference_backward::<Self>(
+                    grad_output,
+                    query,
+                    key,
+                    value,
+                    output,
+                    logsumexp,
+                    scale,
+                );
+            }
+            let mut grads = [std::ptr::null_mut(); 3];
+            let mut error = std::ptr::null_mut();
+            let [grad_query, grad_key, grad_value] = &mut grads;
+            // SAFETY: as in the forward.
+            let status = unsafe {
+                tl_flash_attention_backward(
+                    raw(&grad_output),
+                    raw(&query),
+                    raw(&key),
+                    raw(&value),
+                    raw(&output),
+                    raw(&logsumexp),
+                    scale,
+                    grad_query,
+                    grad_key,
+                    grad_value,
+                    &mut error,
+                )
+            };
+            check("flash attention backward", status, error);
+            let [grad_query, grad_key, grad_value] = grads.map(owned);
+            (grad_query, grad_key, grad_value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs of the custom backward (to tell it from burn differentiating the forward's ops).
+    pub(super) static BACKWARD_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn inputs(device: &Device, heads: usize, seq: usize) -> [Tensor<4>; 3] {
+        device.seed(7);
+        [0, 1, 2]
+            .map(|_| Tensor::random([2, heads, seq, 8], Distribution::Normal(0.0, 1.0), device))
+    }
+
+    fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// burn's own attention (decomposed, differentiated by burn's autodiff) is the reference
+    /// for both the output and the three gradients of the custom operation.
+    #[test]
+    fn matches_burn_attention_and_its_gradients() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        let device = Device::default().autodiff();
+        let (heads, seq) = (3, 11);
+        let scale = 1.0 / (8f64).sqrt();
+        let weights = Tensor::<4>::random([2, heads, seq, 8], Distribution::Default, &device);
+        let run = |fused: bool| {
+            let [q, k, v] = inputs(&device, heads, seq).map(|t| t.require_grad());
+            let out = if fused {
+                causal_attention(q.clone(), k.clone(), v.clone(), scale)
+            } else {
+                let options = AttentionModuleOptions {
+                    is_causal: true,
+                    ..Default::default()
+                };
+                attention(q.clone(), k.clone(), v.clone(), None, None, options)
+            };
+            // A loss that weights every output element differently.
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            let grad = |t: &Tensor<4>| t.grad(&grads).expect("gradient");
+            [out.inner(), grad(&q), grad(&k), grad(&v)]
+        };
+        let before = BACKWARD_CALLS.load(Ordering::SeqCst);
+        let fused = run(true);
+        assert_eq!(
+            BACKWARD_CALLS.load(Ordering::SeqCst),
+            before + 1,
+            "custom backward ran"
+        );
+        let plain = run(false);
+        for (name, (a, b)) in ["output", "dQ", "dK", "dV"]
+            .iter()
+            .zip(fused.into_iter().zip(plain))
+        {
+            let scale = b.clone().abs().max().into_scalar::<f32>();
+            let diff = max_abs_diff(a, b);
+            assert!(diff <= 1e-5 * scale.max(1.0), "{name}: max |diff| {diff}");
+        }
+    }
+
+    /// Without autodiff only the forward runs; it equals burn's attention, and a row attends
+    /// to no later key (the first output row is the first value).
+    #[test]
+    fn forward_without_autodiff() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        let device = Device::default();
+        let [q, k, v] = inputs(&device, 2, 5);
+        let out = causal_attention(q.clone(), k.clone(), v.clone(), 1.0 / (8f64).sqrt());
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let plain = attention(q, k, v.clone(), None, None, options);
+        assert!(max_abs_diff(out.clone(), plain) < 1e-5);
+        let first = out.slice([0..2, 0..2, 0..1, 0..8]);
+        assert!(max_abs_diff(first, v.slice([0..2, 0..2, 0..1, 0..8])) < 1e-6);
+    }
+}
