@@ -1,5 +1,5 @@
 //! With the `tch` feature, compiles csrc/cuda_graph.cpp (CUDA graph capture and replay for
-//! LibTorch tensors) and csrc/attention.cpp (PyTorch's flash attention forward and backward) against the libtorch that torch-sys links (`LIBTORCH`) and the CUDA
+//! LibTorch tensors) and csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels) against the libtorch that torch-sys links (`LIBTORCH`) and the CUDA
 //! runtime headers. Without it, does nothing: the default build needs neither.
 
 fn main() {
@@ -14,7 +14,7 @@ mod tch_build {
 
     pub fn compile() {
         println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
-        println!("cargo:rerun-if-changed=csrc/attention.cpp");
+        println!("cargo:rerun-if-changed=csrc/fused_ops.cpp");
         println!("cargo:rerun-if-env-changed=LIBTORCH");
         println!("cargo:rerun-if-env-changed=TUNELOOP_CUDA_INCLUDE");
         let libtorch = PathBuf::from(
@@ -31,7 +31,7 @@ mod tch_build {
         cc::Build::new()
             .cpp(true)
             .file("csrc/cuda_graph.cpp")
-            .file("csrc/attention.cpp")
+            .file("csrc/fused_ops.cpp")
             .include(libtorch.join("include"))
             .include(libtorch.join("include/torch/csrc/api/include"))
             .include(&cuda_include)

@@ -4,6 +4,7 @@
 # parity on a small shape; PEFT's check of our adapter export and merge. Prints one table last.
 #
 #   BIN=.gpu-carry/lora-bench PEFT_DIR=.gpu-carry/peft bash tools/bench/lora_gpu_bench.sh
+#   (SKIP_CKPT=1 leaves out the batch-4 gradient-checkpointing pair)
 set -uo pipefail
 BIN=${BIN:-target/gpu/release/lora-bench}
 OUT=${OUT:-/tmp/lora-bench}
@@ -28,8 +29,10 @@ run parity_gpu_bf16 "$BIN" --device cuda --precision bf16 --shape smollm2-135m -
 run ours_b1 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5
 run hf_b1 python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5
 run ours_b2 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 2 --steps 3
-run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
-run hf_b4_ckpt python3 tools/bench/hf_lora.py --seq 2048 --batch 4 --steps 3 --checkpointing
+if [ "${SKIP_CKPT:-0}" != 1 ]; then
+  run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
+  run hf_b4_ckpt python3 tools/bench/hf_lora.py --seq 2048 --batch 4 --steps 3 --checkpointing
+fi
 
 if [ -n "${PEFT_DIR:-}" ]; then
   python3 tools/reference/peft_check.py "$PEFT_DIR" | tee "$OUT/peft_check.txt"

@@ -273,17 +273,17 @@ pub fn reference_backward<B: Backend>(
 #[cfg(feature = "tch")]
 mod libtorch {
     //! PyTorch's flash-attention kernels (bf16/f16 on CUDA, head size ≤ 256 and a multiple
-    //! of 8), called through csrc/attention.cpp because tch does not bind the forward (it
+    //! of 8), called through csrc/fused_ops.cpp because tch does not bind the forward (it
     //! returns integers beside tensors). Everything else takes the reference path.
     #![allow(deprecated)] // burn-tch is deprecated upstream; it is the backend that links LibTorch
 
     use super::{CausalAttentionOps, reference_backward, reference_forward};
+    use crate::torch_shim::{call, owned, raw};
     use burn::backend::LibTorch;
     use burn::backend::libtorch::TchTensor;
-    use std::ffi::{CStr, c_char, c_void};
+    use std::ffi::{c_char, c_int, c_void};
 
     unsafe extern "C" {
-        fn tl_free_error(error: *mut c_char);
         fn tl_flash_attention_forward(
             query: *const c_void,
             key: *const c_void,
@@ -292,7 +292,7 @@ mod libtorch {
             output: *mut *mut c_void,
             logsumexp: *mut *mut c_void,
             error: *mut *mut c_char,
-        ) -> i32;
+        ) -> c_int;
         #[allow(clippy::too_many_arguments)]
         fn tl_flash_attention_backward(
             grad_output: *const c_void,
@@ -306,7 +306,7 @@ mod libtorch {
             grad_key: *mut *mut c_void,
             grad_value: *mut *mut c_void,
             error: *mut *mut c_char,
-        ) -> i32;
+        ) -> c_int;
     }
 
     fn flash_eligible(query: &TchTensor) -> bool {
@@ -315,29 +315,6 @@ mod libtorch {
             && matches!(query.tensor.kind(), tch::Kind::BFloat16 | tch::Kind::Half)
             && head_dim % 8 == 0
             && head_dim <= 256
-    }
-
-    fn raw(tensor: &TchTensor) -> *const c_void {
-        tensor.tensor.as_ptr() as *const c_void
-    }
-
-    /// Owns a tensor the shim allocated.
-    fn owned(raw: *mut c_void) -> TchTensor {
-        // SAFETY: the shim returns a heap `at::Tensor*` that nothing else references.
-        TchTensor::new(unsafe { tch::Tensor::from_ptr(raw as *mut _) })
-    }
-
-    /// Panics with the shim's message: like every LibTorch kernel failure in burn-tch (which
-    /// panics inside tch), a failed kernel here is not recoverable by the caller.
-    fn check(what: &str, status: i32, error: *mut c_char) {
-        if status != 0 {
-            // SAFETY: on failure the shim sets a malloc'd, NUL-terminated message.
-            let message = unsafe { CStr::from_ptr(error) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { tl_free_error(error) };
-            panic!("{what}: {message}");
-        }
     }
 
     impl CausalAttentionOps for LibTorch {
@@ -351,9 +328,8 @@ mod libtorch {
                 return reference_forward::<Self>(query, key, value, scale);
             }
             let (mut output, mut logsumexp) = (std::ptr::null_mut(), std::ptr::null_mut());
-            let mut error = std::ptr::null_mut();
-            // SAFETY: valid tensors in, fresh tensors out (or an error message).
-            let status = unsafe {
+            call("flash attention forward", |error| unsafe {
+                // SAFETY: valid tensors in, fresh tensors out (or an error message).
                 tl_flash_attention_forward(
                     raw(&query),
                     raw(&key),
@@ -361,10 +337,9 @@ mod libtorch {
                     scale,
                     &mut output,
                     &mut logsumexp,
-                    &mut error,
+                    error,
                 )
-            };
-            check("flash attention forward", status, error);
+            });
             (owned(output), owned(logsumexp))
         }
 
@@ -389,10 +364,9 @@ mod libtorch {
                 );
             }
             let mut grads = [std::ptr::null_mut(); 3];
-            let mut error = std::ptr::null_mut();
             let [grad_query, grad_key, grad_value] = &mut grads;
-            // SAFETY: as in the forward.
-            let status = unsafe {
+            call("flash attention backward", |error| unsafe {
+                // SAFETY: as in the forward.
                 tl_flash_attention_backward(
                     raw(&grad_output),
                     raw(&query),
@@ -404,10 +378,9 @@ mod libtorch {
                     grad_query,
                     grad_key,
                     grad_value,
-                    &mut error,
+                    error,
                 )
-            };
-            check("flash attention backward", status, error);
+            });
             let [grad_query, grad_key, grad_value] = grads.map(owned);
             (grad_query, grad_key, grad_value)
         }
@@ -443,8 +416,10 @@ mod tests {
         let (heads, seq) = (3, 11);
         let scale = 1.0 / (8f64).sqrt();
         let weights = Tensor::<4>::random([2, heads, seq, 8], Distribution::Default, &device);
+        // Drawn once: burn's CPU RNG is process-wide, and other tests draw from it too.
+        let drawn = inputs(&device, heads, seq);
         let run = |fused: bool| {
-            let [q, k, v] = inputs(&device, heads, seq).map(|t| t.require_grad());
+            let [q, k, v] = drawn.clone().map(|t| t.require_grad());
             let out = if fused {
                 causal_attention(q.clone(), k.clone(), v.clone(), scale)
             } else {

@@ -6,12 +6,11 @@
 //! the weights (~5 ms). tch exposes neither CUDA streams nor `at::cuda::CUDAGraph`; the small
 //! C API in csrc/cuda_graph.cpp does.
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use crate::{Error, Result};
 
 unsafe extern "C" {
-    fn tl_free_error(error: *mut c_char);
     fn tl_use_side_stream(device: c_int, error: *mut *mut c_char) -> c_int;
     fn tl_use_default_stream(device: c_int, error: *mut *mut c_char) -> c_int;
     fn tl_graph_new(graph: *mut *mut c_void, error: *mut *mut c_char) -> c_int;
@@ -23,21 +22,8 @@ unsafe extern "C" {
 
 /// Runs one C call and turns its status and message into a `Result`.
 fn check(what: &str, call: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
-    let mut message: *mut c_char = std::ptr::null_mut();
-    if call(&mut message) == 0 {
-        return Ok(());
-    }
-    let text = if message.is_null() {
-        "no message".to_string()
-    } else {
-        // SAFETY: a non-null message is a NUL-terminated string from strdup, freed once here.
-        unsafe {
-            let text = CStr::from_ptr(message).to_string_lossy().into_owned();
-            tl_free_error(message);
-            text
-        }
-    };
-    Err(Error::CudaGraph(format!("{what}: {text}")))
+    crate::torch_shim::status(call)
+        .map_err(|message| Error::CudaGraph(format!("{what}: {message}")))
 }
 
 /// Makes a non-default CUDA stream current for this thread while alive (graph capture needs

@@ -39,10 +39,13 @@ pub mod loglikelihood;
 pub mod lora;
 pub mod model;
 pub mod pretrained;
+pub mod rms_norm;
 pub mod rope;
 pub mod safetensors_source;
 pub mod tensor_source;
 pub mod tokenizer;
+#[cfg(feature = "tch")]
+mod torch_shim;
 pub mod weights;
 
 /// The burn version this crate is built against (for `Device`, `Tensor`).

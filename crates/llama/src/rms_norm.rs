@@ -42,7 +42,11 @@ pub trait RmsNormOps: Backend {
     }
 
     /// The normalised, weighted rows.
-    fn rms_norm(input: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn rms_norm(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         Self::rms_norm_forward(input, weight, eps).0
     }
 }
@@ -60,7 +64,11 @@ pub fn rms_norm(input: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
 impl RmsNormOps for burn::backend::Flex {}
 
 impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, C> {
-    fn rms_norm(input: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn rms_norm(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct RmsNormBackward;
 
@@ -78,13 +86,8 @@ impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, 
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (input, weight, rstd) = ops.state;
                 let [input_node, weight_node] = ops.parents;
-                let (grad_input, grad_weight) = B::rms_norm_backward(
-                    grad_output,
-                    input,
-                    weight,
-                    rstd,
-                    weight_node.is_some(),
-                );
+                let (grad_input, grad_weight) =
+                    B::rms_norm_backward(grad_output, input, weight, rstd, weight_node.is_some());
                 if let Some(node) = input_node {
                     grads.register::<B>(node.id, grad_input);
                 }
@@ -96,7 +99,11 @@ impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, 
 
         let parents = [input.node(), weight.node()];
         let (input, weight) = (input.into_primitive(), weight.into_primitive());
-        match RmsNormBackward.prepare::<C>(parents).compute_bound().stateful() {
+        match RmsNormBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let (output, rstd) = B::rms_norm_forward(input.clone(), weight.clone(), eps);
                 prep.finish((input, weight, rstd), output)
@@ -109,7 +116,10 @@ impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, 
 /// `[H]` → `shape` (`[B, T, H]`), a view.
 fn weight_rows<B: Backend>(weight: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
     let hidden = shape[2];
-    B::float_expand(B::float_reshape(weight, Shape::from([1, 1, hidden])), shape.clone())
+    B::float_expand(
+        B::float_reshape(weight, Shape::from([1, 1, hidden])),
+        shape.clone(),
+    )
 }
 
 /// The norm in the backend's own ops (what the composed `Tensor` code computed before).
@@ -208,8 +218,18 @@ mod libtorch {
         ) -> c_int;
     }
 
+    /// `TUNELOOP_FUSED_RMS_NORM=0` takes the reference path on CUDA too (to compare).
+    fn fused_enabled() -> bool {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ENABLED.get_or_init(|| {
+            std::env::var_os("TUNELOOP_FUSED_RMS_NORM").is_none_or(|value| value != "0")
+        })
+    }
+
     fn fused_eligible(input: &TchTensor, weight: &TchTensor) -> bool {
-        input.tensor.device().is_cuda() && input.tensor.kind() == weight.tensor.kind()
+        fused_enabled()
+            && input.tensor.device().is_cuda()
+            && input.tensor.kind() == weight.tensor.kind()
     }
 
     impl RmsNormOps for LibTorch {
@@ -224,7 +244,14 @@ mod libtorch {
             let (mut output, mut rstd) = (std::ptr::null_mut(), std::ptr::null_mut());
             call("fused RMS norm forward", |error| unsafe {
                 // SAFETY: valid tensors in, fresh tensors out (or an error message).
-                tl_rms_norm_forward(raw(&input), raw(&weight), eps, &mut output, &mut rstd, error)
+                tl_rms_norm_forward(
+                    raw(&input),
+                    raw(&weight),
+                    eps,
+                    &mut output,
+                    &mut rstd,
+                    error,
+                )
             });
             (owned(output), owned(rstd))
         }
@@ -304,7 +331,11 @@ mod tests {
         };
         let before = BACKWARD_CALLS.load(Ordering::SeqCst);
         let (out, dx, dw) = run(true);
-        assert_eq!(BACKWARD_CALLS.load(Ordering::SeqCst), before + 1, "custom backward ran");
+        assert_eq!(
+            BACKWARD_CALLS.load(Ordering::SeqCst),
+            before + 1,
+            "custom backward ran"
+        );
         let (out_ref, dx_ref, dw_ref) = run(false);
         assert!(max_abs_diff(out, out_ref) < 1e-6);
         assert!(max_abs_diff(dx, dx_ref) < 1e-5);
