@@ -22,6 +22,17 @@ enum Benchmark {
     Humaneval,
 }
 
+impl Benchmark {
+    /// The name people write, for messages.
+    fn title(self) -> &'static str {
+        match self {
+            Benchmark::Mmlu => "MMLU",
+            Benchmark::Gsm8k => "GSM8K",
+            Benchmark::Humaneval => "HumanEval",
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "Run MMLU, GSM8K and HumanEval on a model and print one table")]
 struct Args {
@@ -184,7 +195,7 @@ fn main() -> anyhow::Result<()> {
                 &args.out,
             ),
         }
-        .with_context(|| format!("{benchmark:?}"))?;
+        .with_context(|| format!("{} failed", benchmark.title()))?;
         results.push(result);
     }
     println!("{}", benchmarks::results_table(&results));
