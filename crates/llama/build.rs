@@ -1,6 +1,7 @@
-//! With the `tch` feature, compiles csrc/cuda_graph.cpp (CUDA graph capture and replay for
-//! LibTorch tensors) and csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels) against the libtorch that torch-sys links (`LIBTORCH`) and the CUDA
-//! runtime headers. Without it, does nothing: the default build needs neither.
+//! With the `tch` feature, compiles the C++ shims over libtorch — csrc/cuda_graph.cpp (CUDA graph
+//! capture and replay), csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels) and
+//! csrc/nccl.cpp (NCCL all-reduce) — against the libtorch that torch-sys links (`LIBTORCH`) and
+//! the CUDA runtime headers. Without it, does nothing: the default build needs neither.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -15,6 +16,7 @@ mod tch_build {
     pub fn compile() {
         println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_ops.cpp");
+        println!("cargo:rerun-if-changed=csrc/nccl.cpp");
         println!("cargo:rerun-if-env-changed=LIBTORCH");
         println!("cargo:rerun-if-env-changed=TUNELOOP_CUDA_INCLUDE");
         let libtorch = PathBuf::from(
@@ -32,6 +34,7 @@ mod tch_build {
             .cpp(true)
             .file("csrc/cuda_graph.cpp")
             .file("csrc/fused_ops.cpp")
+            .file("csrc/nccl.cpp")
             .include(libtorch.join("include"))
             .include(libtorch.join("include/torch/csrc/api/include"))
             .include(&cuda_include)
@@ -45,7 +48,7 @@ mod tch_build {
             "cargo:rustc-link-search=native={}",
             libtorch.join("lib").display()
         );
-        for lib in ["torch_cuda", "c10_cuda", "torch_cpu", "c10"] {
+        for lib in ["torch_cuda", "c10_cuda", "torch_cpu", "c10", "dl"] {
             println!("cargo:rustc-link-lib=dylib={lib}");
         }
     }

@@ -3,6 +3,10 @@
 //! after warm-up. Prints one JSON line per measured configuration.
 //!
 //! `lora-bench --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5`
+//!
+//! Data-parallel: `--gpus N` runs N processes, one per GPU, that split each step's
+//! `--micro-batches` (every process builds the same random rows and takes its share); the
+//! printed losses then equal a one-GPU run with the same `--micro-batches`.
 
 use std::time::Instant;
 
@@ -10,9 +14,10 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use llama::device::{Precision, select_device};
 use llama::{Llama, LlamaConfig};
+use lora_training::distributed::{launch, rank_device};
 use lora_training::{
-    Batch, LoraConfig, TrainConfig, attach_adapters, freeze_base, new_optimizer, optimizer_step,
-    training_device,
+    Batch, Group, LoraConfig, TrainConfig, attach_adapters, freeze_base, new_optimizer,
+    optimizer_step, training_device,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -47,6 +52,12 @@ struct Args {
     /// Recompute activations in the backward pass.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Micro-batches per optimiser step (over all GPUs), each of `--batch` sequences.
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
+    /// Data-parallel over this many GPUs of this host (one process each, NCCL).
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
 }
 
 fn shape(name: &str) -> Result<LlamaConfig> {
@@ -75,7 +86,12 @@ fn main() -> Result<()> {
         .as_deref()
         .map(str::parse::<Precision>)
         .transpose()?;
-    let device = select_device(&args.device, precision)?;
+    if args.gpus > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        let forwarded: Vec<_> = std::env::args_os().skip(1).collect();
+        return Ok(launch(args.gpus, &forwarded)?);
+    }
+    let device = select_device(&rank_device(&args.device), precision)?;
+    let group = Group::from_env(&device)?;
     let train_device = training_device(&device, args.gradient_checkpointing);
     let mut config = shape(&args.shape)?;
     if let Some(layers) = args.layers {
@@ -94,38 +110,58 @@ fn main() -> Result<()> {
     let train = TrainConfig::default();
     let mut optimizer = new_optimizer(&model);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let rows: Vec<(Vec<u32>, Vec<bool>)> = (0..args.batch)
+    // Every rank draws the same rows and takes its share of the micro-batches.
+    let micro_batches: Vec<Vec<(Vec<u32>, Vec<bool>)>> = (0..args.micro_batches.max(1))
         .map(|_| {
-            let tokens: Vec<u32> = (0..args.seq)
-                .map(|_| rng.random_range(0..config.vocab_size as u32))
-                .collect();
-            (tokens, vec![true; args.seq])
+            (0..args.batch)
+                .map(|_| {
+                    let tokens: Vec<u32> = (0..args.seq)
+                        .map(|_| rng.random_range(0..config.vocab_size as u32))
+                        .collect();
+                    (tokens, vec![true; args.seq])
+                })
+                .collect()
         })
         .collect();
-    let batch = Batch::from_rows(&rows, 0, &train_device);
-    let targets = batch.target_tokens;
+    let targets: usize = micro_batches
+        .iter()
+        .flatten()
+        .map(|(_, trained)| trained.iter().skip(1).filter(|&&t| t).count())
+        .sum();
+    let batches: Vec<Batch> = group
+        .share(&micro_batches)
+        .iter()
+        .map(|rows| Batch::from_rows(rows, 0, &train_device))
+        .collect();
     let mut times = Vec::new();
-    let mut last_loss = 0.0;
+    let mut losses = Vec::new();
     for step in 0..args.steps + 2 {
         let started = Instant::now();
-        let (loss, _) = optimizer_step(
+        let outcome = optimizer_step(
             &mut model,
             &mut optimizer,
-            std::slice::from_ref(&batch),
+            &batches,
             targets,
             1e-4,
             &train,
+            &group,
         );
         // The loss read-back synchronises the device.
-        last_loss = loss;
+        losses.push(outcome.loss);
         let seconds = started.elapsed().as_secs_f64();
-        eprintln!("step {step}: {seconds:.3}s loss {loss:.4}");
+        if group.is_writer() {
+            eprintln!("step {step}: {seconds:.3}s loss {:.4}", outcome.loss);
+        }
         if step >= 2 {
             times.push(seconds);
         }
     }
+    if !group.is_writer() {
+        return Ok(());
+    }
+    let last_loss = losses.last().copied().unwrap_or(0.0);
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let tokens = (args.batch * args.seq) as f64;
+    let tokens = (micro_batches.len() * args.batch * args.seq) as f64;
     println!(
         "{}",
         json!({
@@ -135,12 +171,15 @@ fn main() -> Result<()> {
             "device": args.device,
             "seq": args.seq,
             "batch": args.batch,
+            "micro_batches": micro_batches.len(),
+            "gpus": group.world_size(),
             "rank": args.rank,
             "gradient_checkpointing": args.gradient_checkpointing,
             "steps": times.len(),
             "seconds_per_step": mean,
             "tokens_per_second": tokens / mean,
             "last_loss": last_loss,
+            "losses": losses,
         })
     );
     Ok(())

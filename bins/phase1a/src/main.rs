@@ -155,6 +155,7 @@ fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
             base_model: Some(&base_name),
             resume: args.resume,
             stop_after: None,
+            group: None,
         },
     )?;
     let trained = outcome.model.valid();

@@ -13,6 +13,10 @@
 //! backend the workspace builds and for `Autodiff<B, _>`, where it registers the custom
 //! backward. [`causal_attention`] is the `Tensor` front.
 
+// burn-tch (LibTorch) is deprecated upstream; it is the backend that links LibTorch, and the
+// backend_extension macro names it in generated code.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -23,8 +27,6 @@ use burn::tensor::{FloatDType, Shape, Tensor, TensorData};
 
 /// Causal attention `softmax(Q·Kᵀ·scale + causal) · V` over `[B, H, T, D]` queries, keys and
 /// values (as many key/value heads as query heads; the caller repeats grouped heads).
-// burn-tch is deprecated upstream; it is the backend that links LibTorch.
-#[cfg_attr(feature = "tch", allow(deprecated))]
 #[backend_extension(Flex: cfg(feature = "flex"), LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait CausalAttentionOps: Backend {
     /// The output and the log-sum-exp of each query row's scaled, masked scores (`[B, H, T]`,

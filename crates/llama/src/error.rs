@@ -47,6 +47,9 @@ pub enum Error {
     /// CUDA graph capture or replay failed (LibTorch GPU decoding falls back to eager ops).
     #[error("CUDA graph: {0}")]
     CudaGraph(String),
+    /// Making, joining or using an NCCL group failed.
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -38,6 +38,8 @@ pub mod kv_cache;
 pub mod loglikelihood;
 pub mod lora;
 pub mod model;
+#[cfg(feature = "tch")]
+pub mod nccl;
 pub mod pretrained;
 pub mod rms_norm;
 pub mod rope;

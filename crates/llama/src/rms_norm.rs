@@ -8,6 +8,10 @@
 //! (`csrc/attention.cpp`), one launch each, which also shortens a decode step's CUDA graph.
 //! Other backends run [`reference_forward`] and [`reference_backward`] in their own ops.
 
+// burn-tch (LibTorch) is deprecated upstream; it is the backend that links LibTorch, and the
+// backend_extension macro names it in generated code.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -17,8 +21,6 @@ use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extensi
 use burn::tensor::{FloatDType, Shape, Tensor};
 
 /// RMS norm over the last dimension of `[B, T, H]` activations with an `[H]` weight.
-// burn-tch is deprecated upstream; it is the backend that links LibTorch.
-#[cfg_attr(feature = "tch", allow(deprecated))]
 #[backend_extension(Flex: cfg(feature = "flex"), LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait RmsNormOps: Backend {
     /// The normalised, weighted rows and each row's reciprocal RMS (`[B, T, 1]`, f32).

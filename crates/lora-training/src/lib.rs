@@ -39,6 +39,7 @@ pub mod adapter;
 pub mod batches;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod optim;
 pub mod plot;
 pub mod tokenized;
@@ -50,9 +51,10 @@ pub use adapter::{
 };
 pub use config::{DataConfig, LoraConfig, TrainConfig};
 pub use data::DataFormat;
+pub use distributed::Group;
 pub use error::{Error, Result};
 pub use tokenized::{MaskingAudit, TokenizedData, tokenize_data};
 pub use trainer::{
-    Batch, Metric, TrainingOutcome, TrainingSetup, eval_loss, freeze_base, new_optimizer,
-    optimizer_step, train, training_device,
+    Batch, Metric, StepOutcome, TrainingOutcome, TrainingSetup, eval_loss, freeze_base,
+    new_optimizer, optimizer_step, train, training_device,
 };

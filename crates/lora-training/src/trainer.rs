@@ -23,6 +23,7 @@ use crate::adapter::{
 };
 use crate::batches::{epoch_batches, padding_fraction};
 use crate::config::{LoraConfig, TrainConfig};
+use crate::distributed::Group;
 use crate::optim::{AdamW, clip_grad_norm};
 use crate::plot::write_loss_plot;
 use crate::tokenized::{TokenizedData, TokenizedSplit};
@@ -136,6 +137,22 @@ pub struct TrainingSetup<'a> {
     /// Stop after this many steps even if the schedule is longer (the schedule, and so the
     /// learning rates, stay those of the full run). For tests that interrupt a run.
     pub stop_after: Option<usize>,
+    /// Data-parallel group (one process per GPU); `None` trains alone. With W ranks an
+    /// optimiser step covers W × `gradient_accumulation_steps` micro-batches.
+    pub group: Option<&'a Group>,
+}
+
+/// What one optimiser step measured, summed over the group's ranks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss per target token over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real (non-padding) tokens through the model.
+    pub tokens: usize,
+    /// Positions computed, padding included.
+    pub computed_tokens: usize,
 }
 
 /// Trains the adapters of `model` (on a training device, base frozen, adapters attached or
@@ -154,6 +171,9 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             "the model carries no adapter to train (attach_adapters first)".into(),
         ));
     }
+    let single = Group::single();
+    let group = setup.group.unwrap_or(&single);
+    let writer = group.is_writer();
     let device = model.device();
     if !device.is_autodiff() {
         return Err(Error::InvalidConfig(
@@ -162,7 +182,8 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     }
     let lengths = data.train.lengths();
     let batches_per_epoch = lengths.len().div_ceil(config.micro_batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation_steps);
+    let step_micro_batches = config.gradient_accumulation_steps * group.world_size();
+    let steps_per_epoch = batches_per_epoch.div_ceil(step_micro_batches);
     let total_steps = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
     let padding = padding_fraction(
         &epoch_batches(
@@ -204,14 +225,20 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             .into_iter()
             .filter(|m| m.step() <= start_step)
             .collect();
-        records::jsonl::write_jsonl_atomic(&metrics_path, &metrics)?;
+        if writer {
+            records::jsonl::write_jsonl_atomic(&metrics_path, &metrics)?;
+        }
         tracing::info!("resuming from {} (step {start_step})", checkpoint.display());
-    } else {
+    } else if writer {
         records::jsonl::write_jsonl_atomic(&metrics_path, std::iter::empty::<Metric>())?;
     }
 
     let end_step = setup.stop_after.map_or(total_steps, |s| s.min(total_steps));
-    let progress = indicatif::ProgressBar::new(total_steps as u64);
+    let progress = if writer {
+        indicatif::ProgressBar::new(total_steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     progress.set_style(
         indicatif::ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ETA {eta}")
             .expect("valid template")
@@ -227,26 +254,36 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
         let learning_rate = config.learning_rate_at(step, total_steps);
         // The RNG state of a step is its number: dropout masks repeat exactly on resume.
         device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-        let micro_batches = step_batches(step, steps_per_epoch, config, &lengths, &mut epoch_cache);
+        let micro_batches = step_batches(
+            step,
+            steps_per_epoch,
+            step_micro_batches,
+            config,
+            &lengths,
+            &mut epoch_cache,
+        );
+        // The whole step's targets (every rank's share), known to every rank.
         let target_tokens: usize = micro_batches
             .iter()
             .flatten()
             .map(|&i| targets_of(&data.train, i))
             .sum();
-        let batches: Vec<Batch> = micro_batches
+        let batches: Vec<Batch> = group
+            .share(&micro_batches)
             .iter()
             .map(|indices| Batch::from_split(&data.train, indices, setup.pad_token_id, &device))
             .collect();
-        let tokens = batches.iter().map(|b| b.real_tokens).sum();
-        let computed = batches.iter().map(|b| b.computed_tokens).sum();
-        let (loss_sum, grad_norm) = optimizer_step(
+        let outcome = optimizer_step(
             &mut model,
             &mut optimizer,
             &batches,
             target_tokens,
             learning_rate,
             config,
+            group,
         );
+        let (loss_sum, grad_norm) = (outcome.loss, outcome.grad_norm);
+        let (tokens, computed) = (outcome.tokens, outcome.computed_tokens);
 
         let seconds = step_started.elapsed().as_secs_f64();
         let done = step + 1;
@@ -267,10 +304,16 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             step_metrics.loss, learning_rate, step_metrics.tokens_per_second
         ));
         progress.inc(1);
-        append_metric(&metrics_path, &Metric::Train(step_metrics.clone()))?;
+        if writer {
+            append_metric(&metrics_path, &Metric::Train(step_metrics.clone()))?;
+        }
         metrics.push(Metric::Train(step_metrics));
 
         let last = done == end_step;
+        // Files are rank 0's: the other ranks' adapters are the same numbers.
+        if !writer {
+            continue;
+        }
         if ((config.eval_every > 0 && done % config.eval_every == 0) || last)
             && !data.eval.is_empty()
         {
@@ -312,7 +355,9 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
         end_step - start_step,
         started.elapsed().as_secs_f64()
     );
-    write_loss_plot(&run_dir.join(LOSS_PLOT_FILE), &metrics)?;
+    if writer {
+        write_loss_plot(&run_dir.join(LOSS_PLOT_FILE), &metrics)?;
+    }
     let final_eval_loss = metrics.iter().rev().find_map(|m| match m {
         Metric::Eval(e) => Some(e.eval_loss),
         Metric::Train(_) => None,
@@ -327,10 +372,10 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     })
 }
 
-/// One optimiser step over `batches` (the micro-batches of the step): gradients of the loss
-/// summed over all their targets and divided by `target_tokens` (the step's total, so the
-/// step equals one large batch however it is split), global-norm clipping, AdamW. Returns the
-/// step's mean loss per target token and the gradient norm before clipping.
+/// One optimiser step over `batches` (this rank's micro-batches of the step): gradients of the
+/// loss summed over all their targets and divided by `target_tokens` (the step's total over
+/// every rank, so the step equals one large batch however it is split), summed over the
+/// group's ranks, global-norm clipping, AdamW.
 pub fn optimizer_step(
     model: &mut Llama,
     optimizer: &mut AdamW,
@@ -338,7 +383,8 @@ pub fn optimizer_step(
     target_tokens: usize,
     learning_rate: f64,
     config: &TrainConfig,
-) -> (f64, f64) {
+    group: &Group,
+) -> StepOutcome {
     let params = trainable(model);
     let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
     let mut loss_sum = 0.0f64;
@@ -358,15 +404,25 @@ pub fn optimizer_step(
             });
         }
     }
+    // A rank whose share of a short last step is empty still joins the sum, with zeros.
     let grads: Vec<Tensor<2>> = grads
         .into_iter()
-        .map(|g| g.expect("at least one micro-batch"))
+        .zip(&params)
+        .map(|(grad, param)| grad.unwrap_or_else(|| param.clone().inner().zeros_like()))
         .collect();
+    let tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
+    let computed: usize = batches.iter().map(|b| b.computed_tokens).sum();
+    let (grads, sums) = group.all_reduce_sum(grads, &[loss_sum, tokens as f64, computed as f64]);
     let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
     let plain: Vec<Tensor<2>> = params.into_iter().map(Tensor::inner).collect();
     let updated = optimizer.step(plain, grads, learning_rate, config);
     set_trainable(model, updated);
-    (loss_sum, grad_norm)
+    StepOutcome {
+        loss: sums[0],
+        grad_norm,
+        tokens: sums[1].round() as usize,
+        computed_tokens: sums[2].round() as usize,
+    }
 }
 
 /// Zero AdamW state for the adapters `model` carries.
@@ -403,6 +459,7 @@ pub fn eval_loss(
 fn step_batches(
     step: usize,
     steps_per_epoch: usize,
+    step_micro_batches: usize,
     config: &TrainConfig,
     lengths: &[usize],
     cache: &mut Option<(u64, Vec<Vec<usize>>)>,
@@ -421,8 +478,8 @@ fn step_batches(
         ));
     }
     let batches = &cache.as_ref().expect("filled above").1;
-    let first = (step % steps_per_epoch) * config.gradient_accumulation_steps;
-    let last = (first + config.gradient_accumulation_steps).min(batches.len());
+    let first = (step % steps_per_epoch) * step_micro_batches;
+    let last = (first + step_micro_batches).min(batches.len());
     batches[first..last].to_vec()
 }
 

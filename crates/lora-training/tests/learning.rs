@@ -109,6 +109,7 @@ fn lora_on_smollm2_lowers_held_out_loss_and_raises_exact_match() {
             base_model: Some("SmolLM2-135M-Instruct"),
             resume: false,
             stop_after: None,
+            group: None,
         },
     )
     .unwrap();

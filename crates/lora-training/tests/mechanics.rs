@@ -11,7 +11,7 @@ use llama::burn::tensor::Device;
 use llama::{Llama, ProjectionKind};
 use lora_training::trainer::{CHECKPOINTS_DIR, LOSS_PLOT_FILE, METRICS_FILE, read_metrics};
 use lora_training::{
-    Batch, DataConfig, DataFormat, Error, LoraConfig, Metric, TokenizedData, TrainConfig,
+    Batch, DataConfig, DataFormat, Error, Group, LoraConfig, Metric, TokenizedData, TrainConfig,
     TrainingSetup, attach_adapters, freeze_base, load_peft_adapter, merge_verified, new_optimizer,
     optimizer_step, save_peft_adapter, tokenize_data, train, training_device, verify_merged,
 };
@@ -87,6 +87,7 @@ fn setup<'a>(
         base_model: Some("tiny"),
         resume: false,
         stop_after: None,
+        group: None,
     }
 }
 
@@ -393,9 +394,16 @@ fn accumulated_micro_batches_equal_one_large_batch() {
         let mut optimizer = new_optimizer(&model);
         let mut losses = Vec::new();
         for _ in 0..2 {
-            let (loss, _) =
-                optimizer_step(&mut model, &mut optimizer, &batches, targets, 1e-2, &config);
-            losses.push(loss);
+            let outcome = optimizer_step(
+                &mut model,
+                &mut optimizer,
+                &batches,
+                targets,
+                1e-2,
+                &config,
+                &Group::single(),
+            );
+            losses.push(outcome.loss);
         }
         (losses, factors(&model))
     };
@@ -445,8 +453,9 @@ fn activation_checkpointing_gives_the_same_step() {
                     targets,
                     1e-2,
                     &config,
+                    &Group::single(),
                 )
-                .0,
+                .loss,
             );
         }
         (losses, factors(&model))
