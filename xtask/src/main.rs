@@ -54,7 +54,13 @@ fn run() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo xtask` (an alias of `cargo run`) sets CARGO_MANIFEST_DIR at run time to the
+    // checkout being worked on. The compile-time value is only a fallback: with a shared
+    // target dir, this binary may have been compiled from another checkout.
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()

@@ -28,6 +28,7 @@
 //!     base_model: None,
 //!     resume: false,
 //!     stop_after: None,
+//!     group: None, // or Some(&Group::from_env(&gpu)?) under a launcher: see `distributed`
 //! })?;
 //! println!("held-out loss {:?}", outcome.final_eval_loss);
 //! # Ok::<(), lora_training::Error>(())
