@@ -17,6 +17,7 @@ mod tch_build {
         println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_ops.cpp");
         println!("cargo:rerun-if-changed=csrc/nccl.cpp");
+        println!("cargo:rerun-if-changed=csrc/shim.h");
         println!("cargo:rerun-if-env-changed=LIBTORCH");
         println!("cargo:rerun-if-env-changed=TUNELOOP_CUDA_INCLUDE");
         let libtorch = PathBuf::from(

@@ -3,6 +3,8 @@
 // does; llama/src/cuda_graph.rs is its only caller. Every function returns 0 on success, or
 // 1 with a malloc'd message in *error (freed by the caller with tl_free_error).
 
+#include "shim.h"
+
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,27 +15,7 @@
 #include <cstring>
 #include <exception>
 
-namespace {
-
-int fail(char **error, const char *message) {
-  if (error) {
-    *error = strdup(message);
-  }
-  return 1;
-}
-
-template <typename F> int guarded(char **error, F &&body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    return fail(error, e.what());
-  } catch (...) {
-    return fail(error, "unknown C++ exception");
-  }
-}
-
-} // namespace
+using tuneloop::guarded;
 
 extern "C" {
 

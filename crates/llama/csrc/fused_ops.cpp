@@ -5,6 +5,8 @@
 // llama/src/rms_norm.rs are its only callers. Every function returns 0 on success, or 1 with
 // a malloc'd message in *error (freed by the caller with tl_free_error, in cuda_graph.cpp).
 
+#include "shim.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdlib>
@@ -12,18 +14,6 @@
 #include <exception>
 
 namespace {
-
-template <typename F> int guarded_op(char **error, F &&body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    if (error) *error = strdup(e.what());
-  } catch (...) {
-    if (error) *error = strdup("unknown C++ exception");
-  }
-  return 1;
-}
 
 // The kernels read the last dimension as contiguous (autograd passes them such tensors).
 at::Tensor last_dim_contiguous(const at::Tensor &tensor) {
@@ -39,7 +29,7 @@ extern "C" {
 int tl_flash_attention_forward(const at::Tensor *query, const at::Tensor *key,
                                const at::Tensor *value, double scale, at::Tensor **output,
                                at::Tensor **logsumexp, char **error) {
-  return guarded_op(error, [&] {
+  return tuneloop::guarded(error, [&] {
     auto result = at::_scaled_dot_product_flash_attention(*query, *key, *value, /*dropout_p=*/0.0,
                                                           /*is_causal=*/true,
                                                           /*return_debug_mask=*/false, scale);
@@ -53,7 +43,7 @@ int tl_flash_attention_backward(const at::Tensor *grad_output, const at::Tensor 
                                 const at::Tensor *output, const at::Tensor *logsumexp,
                                 double scale, at::Tensor **grad_query, at::Tensor **grad_key,
                                 at::Tensor **grad_value, char **error) {
-  return guarded_op(error, [&] {
+  return tuneloop::guarded(error, [&] {
     // Without dropout the random-number state is never read.
     auto philox = at::empty({}, query->options().dtype(at::kLong));
     auto result = at::_scaled_dot_product_flash_attention_backward(
@@ -70,7 +60,7 @@ int tl_flash_attention_backward(const at::Tensor *grad_output, const at::Tensor 
 // and the reciprocal RMS per row (f32, the last dimension kept as 1).
 int tl_rms_norm_forward(const at::Tensor *input, const at::Tensor *weight, double eps,
                         at::Tensor **output, at::Tensor **rstd, char **error) {
-  return guarded_op(error, [&] {
+  return tuneloop::guarded(error, [&] {
     auto result = at::_fused_rms_norm(last_dim_contiguous(*input), {input->size(-1)}, *weight, eps);
     *output = new at::Tensor(std::get<0>(result));
     *rstd = new at::Tensor(std::get<1>(result));
@@ -81,7 +71,7 @@ int tl_rms_norm_forward(const at::Tensor *input, const at::Tensor *weight, doubl
 int tl_rms_norm_backward(const at::Tensor *grad_output, const at::Tensor *input,
                          const at::Tensor *weight, const at::Tensor *rstd, bool weight_grad,
                          at::Tensor **grad_input, at::Tensor **grad_weight, char **error) {
-  return guarded_op(error, [&] {
+  return tuneloop::guarded(error, [&] {
     auto result = at::_fused_rms_norm_backward(last_dim_contiguous(*grad_output),
                                                last_dim_contiguous(*input), {input->size(-1)},
                                                *rstd, *weight, {true, weight_grad});

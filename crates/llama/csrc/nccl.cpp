@@ -4,6 +4,8 @@
 // headers and no extra library. llama/src/nccl.rs is the only caller. Every function returns
 // 0, or 1 with a malloc'd message in *error (freed with tl_free_error, in cuda_graph.cpp).
 
+#include "shim.h"
+
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -73,25 +75,13 @@ struct CurrentDevice {
   ~CurrentDevice() { c10::cuda::set_device(previous); }
 };
 
-template <typename F> int guarded_nccl(char **error, F &&body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    if (error) *error = strdup(e.what());
-  } catch (...) {
-    if (error) *error = strdup("unknown C++ exception");
-  }
-  return 1;
-}
-
 } // namespace
 
 extern "C" {
 
 // A fresh 128-byte NCCL id (rank 0 makes it; every rank needs the same one).
 int tl_nccl_unique_id(char *id, char **error) {
-  return guarded_nccl(error, [&] {
+  return tuneloop::guarded(error, [&] {
     NcclUniqueId unique;
     check(api().get_unique_id(&unique), "ncclGetUniqueId");
     std::memcpy(id, unique.internal, sizeof(unique.internal));
@@ -100,7 +90,7 @@ int tl_nccl_unique_id(char *id, char **error) {
 
 // Joins the group: blocks until all `world_size` ranks have called it with the same id.
 int tl_nccl_init(const char *id, int world_size, int rank, int device, void **comm, char **error) {
-  return guarded_nccl(error, [&] {
+  return tuneloop::guarded(error, [&] {
     CurrentDevice current(static_cast<c10::DeviceIndex>(device));
     NcclUniqueId unique;
     std::memcpy(unique.internal, id, sizeof(unique.internal));
@@ -117,7 +107,7 @@ void tl_nccl_destroy(void *comm) {
 // Sums a contiguous f32 or bf16 CUDA tensor over the group, in place, on the tensor's
 // device's current stream (ordered after the work that produced it).
 int tl_nccl_all_reduce_sum(void *comm, const at::Tensor *tensor, char **error) {
-  return guarded_nccl(error, [&] {
+  return tuneloop::guarded(error, [&] {
     if (!tensor->is_cuda() || !tensor->is_contiguous()) {
       throw std::runtime_error("all-reduce needs a contiguous CUDA tensor");
     }
