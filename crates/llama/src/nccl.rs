@@ -85,6 +85,11 @@ impl Communicator {
         })
     }
 
+    /// The GPU this rank's communicator is bound to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The element-wise sum of `tensor` over every rank (each rank passes its own).
     pub fn all_reduce_sum(&self, tensor: Tensor<1>) -> Tensor<1> {
         debug_assert!(tensor.device().inner() == self.device.clone().inner());

@@ -107,10 +107,9 @@ impl Group {
     ) -> (Vec<Tensor<2>>, Vec<f64>) {
         #[cfg(feature = "tch")]
         if let Some(communicator) = &self.communicator {
-            let device = match tensors.first() {
-                Some(tensor) => tensor.device(),
-                None => return (tensors, scalars.to_vec()),
-            };
+            // The communicator's device, not the first tensor's: with no tensors the scalars
+            // must still be summed.
+            let device = communicator.device().clone().inner();
             let shapes: Vec<[usize; 2]> = tensors.iter().map(|t| t.dims()).collect();
             let mut flat: Vec<Tensor<1>> = tensors
                 .into_iter()
