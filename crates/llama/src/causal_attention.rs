@@ -113,7 +113,7 @@ impl<B: Backend + CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps 
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (query, key, value, output, logsumexp, scale) = ops.state;
                 let (grad_query, grad_key, grad_value) = B::causal_attention_backward(
@@ -393,10 +393,13 @@ mod libtorch {
 mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
-    /// Runs of the custom backward (to tell it from burn differentiating the forward's ops).
-    pub(super) static BACKWARD_CALLS: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Runs of the custom backward on this thread (to tell it from burn differentiating
+        /// the forward's ops). Per thread: tests on other threads train models that run it too.
+        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn inputs(device: &Device, heads: usize, seq: usize) -> [Tensor<4>; 3] {
         device.seed(7);
@@ -436,10 +439,10 @@ mod tests {
             let grad = |t: &Tensor<4>| t.grad(&grads).expect("gradient");
             [out.inner(), grad(&q), grad(&k), grad(&v)]
         };
-        let before = BACKWARD_CALLS.load(Ordering::SeqCst);
+        let before = BACKWARD_CALLS.with(Cell::get);
         let fused = run(true);
         assert_eq!(
-            BACKWARD_CALLS.load(Ordering::SeqCst),
+            BACKWARD_CALLS.with(Cell::get),
             before + 1,
             "custom backward ran"
         );

@@ -84,7 +84,7 @@ impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, 
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (input, weight, rstd) = ops.state;
                 let [input_node, weight_node] = ops.parents;
@@ -291,10 +291,13 @@ mod libtorch {
 mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
-    /// Runs of the custom backward (to tell it from burn differentiating the forward's ops).
-    pub(super) static BACKWARD_CALLS: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Runs of the custom backward on this thread (to tell it from burn differentiating
+        /// the forward's ops). Per thread: tests on other threads train models that run it too.
+        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         (a - b).abs().max().into_scalar::<f32>()
@@ -331,10 +334,10 @@ mod tests {
                 weight.grad(&grads).expect("dweight"),
             )
         };
-        let before = BACKWARD_CALLS.load(Ordering::SeqCst);
+        let before = BACKWARD_CALLS.with(Cell::get);
         let (out, dx, dw) = run(true);
         assert_eq!(
-            BACKWARD_CALLS.load(Ordering::SeqCst),
+            BACKWARD_CALLS.with(Cell::get),
             before + 1,
             "custom backward ran"
         );
