@@ -111,23 +111,28 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let model: Box<dyn LanguageModel> = match (&args.model, &args.endpoint) {
-        (None, Some(url)) => Box::new(OpenAiEndpoint::new(
-            url,
-            &args.served_model,
-            Some(&args.api_key_env),
-        )?),
+    let (local, endpoint) = match (&args.model, &args.endpoint) {
+        (None, Some(url)) => (
+            None,
+            Some(OpenAiEndpoint::new(
+                url,
+                &args.served_model,
+                Some(&args.api_key_env),
+            )?),
+        ),
         (Some(path), None) => {
             let device = llama::device::select_device(&args.device, None)?;
             let pretrained = llama::Pretrained::load(path, &device)
                 .with_context(|| format!("loading {}", path.display()))?;
-            Box::new(LocalModel::new(
-                path.display().to_string(),
-                pretrained,
-                args.batch_size,
-            ))
+            let local = LocalModel::new(path.display().to_string(), pretrained, args.batch_size);
+            (Some(local), None)
         }
         _ => bail!("give either a MODEL path or --endpoint"),
+    };
+    let model: &dyn LanguageModel = match (&local, &endpoint) {
+        (Some(local), _) => local,
+        (_, Some(endpoint)) => endpoint,
+        (None, None) => unreachable!("one of the two was made above"),
     };
     let mut mmlu_protocol = match args.mmlu_protocol {
         MmluProtocolArg::Loglikelihood => MmluProtocol::Loglikelihood,
@@ -149,7 +154,7 @@ fn main() -> anyhow::Result<()> {
     for benchmark in &args.benchmarks {
         let result = match benchmark {
             Benchmark::Mmlu => benchmarks::run_mmlu(
-                model.as_ref(),
+                model,
                 &MmluOptions {
                     protocol: mmlu_protocol,
                     limit: args.limit,
@@ -162,7 +167,7 @@ fn main() -> anyhow::Result<()> {
                 &args.out,
             ),
             Benchmark::Gsm8k => benchmarks::run_gsm8k(
-                model.as_ref(),
+                model,
                 &Gsm8kOptions {
                     protocol: match args.gsm8k_protocol {
                         Gsm8kProtocolArg::CotText => Gsm8kProtocol::CotText,
@@ -178,7 +183,7 @@ fn main() -> anyhow::Result<()> {
                 &args.out,
             ),
             Benchmark::Humaneval => benchmarks::run_humaneval(
-                model.as_ref(),
+                model,
                 &HumanEvalOptions {
                     mode: match args.humaneval_mode {
                         HumanEvalModeArg::Completion => HumanEvalMode::Completion,
@@ -202,6 +207,18 @@ fn main() -> anyhow::Result<()> {
     for result in &results {
         for note in &result.notes {
             println!("{}: {note}", result.benchmark);
+        }
+    }
+    if let Some(local) = &local {
+        let stats = local.loglikelihood_stats();
+        let total = stats.positions_computed + stats.positions_reused;
+        if total > 0 {
+            println!(
+                "log-likelihood: {} positions computed, {} reused from shared few-shot prompts ({:.0}% saved)",
+                stats.positions_computed,
+                stats.positions_reused,
+                100.0 * stats.positions_reused as f64 / total as f64
+            );
         }
     }
     println!("records and results in {}", args.out.display());

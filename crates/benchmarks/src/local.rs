@@ -4,8 +4,10 @@
 
 use std::sync::Mutex;
 
-use llama::generate::{GenerationConfig, generate};
-use llama::loglikelihood::{self, loglikelihood};
+use llama::generate::{DecodeGraphs, GenerationConfig, generate_with};
+use llama::loglikelihood::{
+    self, LoglikelihoodStats, PrefixCache, loglikelihood_with_prefix_cache,
+};
 use llama::{ChatMessage as LlamaMessage, Pretrained};
 
 use crate::error::ModelError;
@@ -21,6 +23,11 @@ pub struct LocalModel {
     batch_size: usize,
     // burn modules are Send but not necessarily Sync; the harness calls one batch at a time.
     model: Mutex<Pretrained>,
+    /// The last few-shot prompt's keys and values: an MMLU subject's 5-shot prompt is
+    /// computed once, not once per batch.
+    prefixes: Mutex<PrefixCache>,
+    /// Greedy decode steps captured on a GPU, replayed by later batches of the same shape.
+    graphs: DecodeGraphs,
 }
 
 impl LocalModel {
@@ -29,7 +36,14 @@ impl LocalModel {
             name: name.into(),
             batch_size: batch_size.max(1),
             model: Mutex::new(model),
+            prefixes: Mutex::new(PrefixCache::new()),
+            graphs: DecodeGraphs::new(),
         }
+    }
+
+    /// Positions computed and reused by every log-likelihood call so far.
+    pub fn loglikelihood_stats(&self) -> LoglikelihoodStats {
+        self.prefixes.lock().map(|p| p.stats()).unwrap_or_default()
     }
 
     /// lm-evaluation-harness's `_encode_pair`: trailing whitespace of the context moves to the
@@ -101,7 +115,17 @@ impl LanguageModel for LocalModel {
             });
         }
         let device = model.model.device();
-        let scores = loglikelihood(&model.model, &encoded, self.batch_size, &device)?;
+        let mut prefixes = self
+            .prefixes
+            .lock()
+            .map_err(|_| "prefix cache lock poisoned")?;
+        let scores = loglikelihood_with_prefix_cache(
+            &model.model,
+            &encoded,
+            self.batch_size,
+            &device,
+            &mut prefixes,
+        )?;
         Ok(scores
             .into_iter()
             .map(|s| Loglikelihood {
@@ -154,7 +178,8 @@ impl LanguageModel for LocalModel {
                 batch_size: self.batch_size,
                 ..GenerationConfig::default()
             };
-            let generations = generate(&model.model, &prompts, &config, &device)?;
+            let generations =
+                generate_with(&model.model, &self.graphs, &prompts, &config, &device)?;
             for (&index, generation) in members.iter().zip(generations) {
                 outputs[index] = model.tokenizer.decode(&generation.tokens, true)?;
             }

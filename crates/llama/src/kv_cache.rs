@@ -68,6 +68,27 @@ impl KvCache {
         }
     }
 
+    /// An empty cache that writes into existing buffers `[B, kv_heads, capacity, head_dim]`
+    /// (one pair per layer, each with no other handle so that writes land in place): a
+    /// decoder that is used again keeps its buffers' addresses.
+    pub(crate) fn from_buffers(keys: Vec<Tensor<4>>, values: Vec<Tensor<4>>) -> Self {
+        let layers = keys
+            .into_iter()
+            .zip(values)
+            .map(|(keys, values)| {
+                Some(LayerKv {
+                    keys,
+                    values,
+                    len: 0,
+                })
+            })
+            .collect();
+        Self {
+            layers,
+            ..Self::default()
+        }
+    }
+
     /// Number of cached positions (including padding).
     pub fn seq_len(&self) -> usize {
         self.key_mask.as_ref().map_or(0, |m| m.dims()[1])
@@ -139,6 +160,9 @@ impl KvCache {
             key_buffer = grow(key_buffer);
             value_buffer = grow(value_buffer);
         }
+        // The first write into buffers made elsewhere (`from_buffers`): attention reads the
+        // fresh contiguous tensors faster than a view of the buffer.
+        let fresh = (past.len == 0).then(|| (keys.clone(), values.clone()));
         // The buffers are owned here (no other handle), so backends write in place.
         let range = [0..batch, 0..heads, past.len..len, 0..head_dim];
         let key_buffer = key_buffer.slice_assign(range.clone(), keys);
@@ -148,7 +172,7 @@ impl KvCache {
             values: value_buffer,
             len,
         };
-        let out = (layer.keys(), layer.values());
+        let out = fresh.unwrap_or_else(|| (layer.keys(), layer.values()));
         *slot = Some(layer);
         out
     }
@@ -163,6 +187,51 @@ impl KvCache {
                 (layer.keys, layer.values)
             })
             .unzip()
+    }
+
+    /// A new cache for `rows` sequences that all begin with the first `prefix` positions of
+    /// row 0 of this one (a shared few-shot prompt computed once), with room for `room` more
+    /// positions so that the next forward writes in place.
+    pub(crate) fn repeated_prefix(&self, prefix: usize, rows: usize, room: usize) -> KvCache {
+        assert!(prefix <= self.seq_len(), "prefix longer than the cache");
+        let repeat = |buffer: &Tensor<4>| {
+            let [_, heads, _, head_dim] = buffer.dims();
+            let filled = buffer
+                .clone()
+                .narrow(0, 0, 1)
+                .narrow(2, 0, prefix)
+                .repeat_dim(0, rows);
+            if room == 0 {
+                return filled;
+            }
+            let empty = Tensor::<4>::zeros(
+                [rows, heads, room, head_dim],
+                (&buffer.device(), buffer.dtype()),
+            );
+            Tensor::cat(vec![filled, empty], 2)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer.as_ref().map(|kv| LayerKv {
+                    keys: repeat(&kv.keys),
+                    values: repeat(&kv.values),
+                    len: prefix,
+                })
+            })
+            .collect();
+        let key_mask = self.key_mask.as_ref().map(|mask| {
+            mask.clone()
+                .narrow(0, 0, 1)
+                .narrow(1, 0, prefix)
+                .repeat_dim(0, rows)
+        });
+        KvCache {
+            layers,
+            key_mask,
+            capacity: None,
+        }
     }
 
     pub fn layer(&self, index: usize) -> Option<&LayerKv> {

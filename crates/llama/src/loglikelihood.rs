@@ -7,6 +7,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::generate::left_padded;
+use crate::kv_cache::KvCache;
 use crate::model::Llama;
 use crate::{Error, Result};
 
@@ -32,17 +33,91 @@ pub struct Loglikelihood {
 /// Most `[rows, positions, vocab]` f32 log-softmax elements held at once (256 MiB).
 const LOGPROB_BUDGET: usize = 64 << 20;
 
+/// Inputs that share fewer leading tokens than this are computed whole: a separate forward
+/// pass for a shorter prefix saves less than it costs.
+const MIN_SHARED_PREFIX: usize = 32;
+
+/// Work done by [`loglikelihood_with_prefix_cache`] calls, counted in token positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoglikelihoodStats {
+    /// Positions the model computed, padding included.
+    pub positions_computed: usize,
+    /// Positions taken from a shared prefix's keys and values instead of being computed again.
+    pub positions_reused: usize,
+}
+
+impl std::ops::AddAssign for LoglikelihoodStats {
+    fn add_assign(&mut self, other: Self) {
+        self.positions_computed += other.positions_computed;
+        self.positions_reused += other.positions_reused;
+    }
+}
+
+/// The keys and values of the most recent shared prefix (a few-shot prompt), kept between
+/// calls so that the requests of the next call that begin with it skip recomputing it: an
+/// MMLU subject's 5-shot prompt is computed once, not once per batch of questions.
+///
+/// It holds one model's numbers: use one cache per model.
+#[derive(Debug, Default)]
+pub struct PrefixCache {
+    tokens: Vec<u32>,
+    cache: Option<KvCache>,
+    stats: LoglikelihoodStats,
+}
+
+impl PrefixCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Totals over every call that used this cache.
+    pub fn stats(&self) -> LoglikelihoodStats {
+        self.stats
+    }
+
+    /// How many leading tokens of `input` the cached prefix covers.
+    fn covers(&self, input: &[u32]) -> usize {
+        common_prefix(&self.tokens, input)
+    }
+
+    /// The cache of `prefix`, computed unless the cached prefix starts with it.
+    fn get_or_compute(&mut self, model: &Llama, prefix: &[u32], device: &Device) -> &KvCache {
+        if self.cache.is_none() || self.covers(prefix) < prefix.len() {
+            let (tokens, mask) = left_padded(&[prefix], device);
+            let mut cache = KvCache::new();
+            model.forward_hidden(tokens, mask, Some(&mut cache));
+            self.stats.positions_computed += prefix.len();
+            self.tokens = prefix.to_vec();
+            self.cache = Some(cache);
+        }
+        self.cache.as_ref().expect("filled above")
+    }
+}
+
 /// Scores every request; results are in request order.
 ///
 /// The model reads `(context + continuation)[..-1]`, truncated from the left to
 /// `max_position_embeddings`; the log-softmax at the last `continuation.len()` positions gives
-/// each continuation token's log-probability. Requests are sorted by length (longest first)
-/// and left-padded in batches of `batch_size`.
+/// each continuation token's log-probability. Requests that feed the model the same tokens
+/// share one forward pass, inputs that begin with the same tokens (few-shot prompts) compute
+/// that prefix once, and the rest are sorted by length (longest first) and left-padded in
+/// batches of `batch_size`.
 pub fn loglikelihood(
     model: &Llama,
     requests: &[LoglikelihoodRequest],
     batch_size: usize,
     device: &Device,
+) -> Result<Vec<Loglikelihood>> {
+    loglikelihood_with_prefix_cache(model, requests, batch_size, device, &mut PrefixCache::new())
+}
+
+/// [`loglikelihood`], reusing (and updating) `prefixes` across calls.
+pub fn loglikelihood_with_prefix_cache(
+    model: &Llama,
+    requests: &[LoglikelihoodRequest],
+    batch_size: usize,
+    device: &Device,
+    prefixes: &mut PrefixCache,
 ) -> Result<Vec<Loglikelihood>> {
     if batch_size == 0 {
         return Err(Error::InvalidArgument("batch_size must be > 0".into()));
@@ -91,26 +166,70 @@ pub fn loglikelihood(
         });
         requests_of_input[index].push(request);
     }
+    // The last `continuation.len()` positions of an input predict its continuation, so they
+    // must be computed in the batch; everything before them may come from a prefix cache.
+    let shareable: Vec<usize> = unique_inputs
+        .iter()
+        .zip(&requests_of_input)
+        .map(|(input, served)| {
+            let span = served.iter().map(|&r| requests[r].continuation.len());
+            input.len() - span.max().unwrap_or(0).min(input.len())
+        })
+        .collect();
 
-    let mut order: Vec<usize> = (0..unique_inputs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(unique_inputs[i].len()));
     let mut results: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
-    for chunk in order.chunks(batch_size) {
-        let batch: Vec<&[u32]> = chunk.iter().map(|&i| unique_inputs[i].as_slice()).collect();
-        let served: Vec<(usize, usize)> = chunk
+    let mut score = |batch: &[usize], prefix: Option<(&KvCache, usize)>| {
+        let served: Vec<(usize, usize)> = batch
             .iter()
             .enumerate()
             .flat_map(|(row, &input)| requests_of_input[input].iter().map(move |&r| (r, row)))
             .collect();
-        let rows: Vec<usize> = served.iter().map(|&(_, row)| row).collect();
-        let continuations: Vec<&[u32]> = served
+        let prefix_len = prefix.map_or(0, |(_, len)| len);
+        let rows: Vec<&[u32]> = batch
             .iter()
-            .map(|&(r, _)| requests[r].continuation.as_slice())
+            .map(|&i| &unique_inputs[i][prefix_len..])
             .collect();
-        let scored = score_batch(model, &batch, &rows, &continuations, device);
+        let scored = score_batch(model, &rows, prefix, &served, requests, device);
         for (&(request, _), result) in served.iter().zip(scored) {
             results[request] = Some(result);
         }
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        LoglikelihoodStats {
+            positions_computed: rows.len() * width,
+            positions_reused: rows.len() * prefix_len,
+        }
+    };
+
+    let mut unshared = Vec::new();
+    for run in shared_prefix_runs(&unique_inputs) {
+        let cap = run.iter().map(|&i| shareable[i]).min().unwrap_or(0);
+        let own = run_prefix(&unique_inputs, &run).min(cap);
+        let cached = run
+            .iter()
+            .map(|&i| prefixes.covers(&unique_inputs[i]))
+            .min()
+            .unwrap_or(0)
+            .min(cap);
+        // The cached prefix serves unless the run shares a much longer one of its own.
+        let prefix_len = if cached >= MIN_SHARED_PREFIX && 2 * cached >= own {
+            cached
+        } else if run.len() > 1 && own >= MIN_SHARED_PREFIX {
+            own
+        } else {
+            unshared.extend(run);
+            continue;
+        };
+        let prefix = &unique_inputs[run[0]][..prefix_len];
+        let source = prefixes.get_or_compute(model, prefix, device).clone();
+        let mut run = run;
+        run.sort_by_key(|&i| std::cmp::Reverse(unique_inputs[i].len()));
+        for batch in run.chunks(batch_size) {
+            prefixes.stats += score(batch, Some((&source, prefix_len)));
+        }
+    }
+    unshared.sort_by_key(|&i| std::cmp::Reverse(unique_inputs[i].len()));
+    for batch in unshared.chunks(batch_size) {
+        prefixes.stats += score(batch, None);
     }
     Ok(results
         .into_iter()
@@ -118,25 +237,72 @@ pub fn loglikelihood(
         .collect())
 }
 
-/// Scores `continuations[i]` after input row `rows[i]` of `inputs`.
+/// Number of leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Leading tokens that every input of `run` shares.
+fn run_prefix(inputs: &[Vec<u32>], run: &[usize]) -> usize {
+    let first = &inputs[run[0]];
+    run[1..]
+        .iter()
+        .map(|&i| common_prefix(first, &inputs[i]))
+        .min()
+        .unwrap_or(first.len())
+}
+
+/// The inputs in runs whose neighbours (in token order) share at least
+/// [`MIN_SHARED_PREFIX`] leading tokens: the questions of one few-shot prompt end up in one run.
+fn shared_prefix_runs(inputs: &[Vec<u32>]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by(|&a, &b| inputs[a].cmp(&inputs[b]));
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for index in order {
+        match runs.last_mut() {
+            Some(run)
+                if common_prefix(
+                    &inputs[*run.last().expect("runs are non-empty")],
+                    &inputs[index],
+                ) >= MIN_SHARED_PREFIX =>
+            {
+                run.push(index)
+            }
+            _ => runs.push(vec![index]),
+        }
+    }
+    runs
+}
+
+/// Scores the requests `served` = (request, row) after input row `row` of `inputs`, each
+/// input continuing the first `len` positions of `prefix` when one is given.
 fn score_batch(
     model: &Llama,
     inputs: &[&[u32]],
-    input_rows: &[usize],
-    continuations: &[&[u32]],
+    prefix: Option<(&KvCache, usize)>,
+    served: &[(usize, usize)],
+    requests: &[LoglikelihoodRequest],
     device: &Device,
 ) -> Vec<Loglikelihood> {
-    let rows = continuations.len();
+    let rows = served.len();
+    let continuations: Vec<&[u32]> = served
+        .iter()
+        .map(|&(r, _)| requests[r].continuation.as_slice())
+        .collect();
     let (tokens, mask) = left_padded(inputs, device);
     let row_index = Tensor::<1, Int>::from_data(
         TensorData::new(
-            input_rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            served
+                .iter()
+                .map(|&(_, row)| row as i64)
+                .collect::<Vec<_>>(),
             [rows],
         ),
         device,
     );
     let width = tokens.dims()[1];
-    let hidden = model.forward_hidden(tokens, mask, None);
+    let mut cache = prefix.map(|(cache, len)| cache.repeated_prefix(len, inputs.len(), width));
+    let hidden = model.forward_hidden(tokens, mask, cache.as_mut());
     // Left padding aligns every row's end: the continuation of row r is predicted by its
     // last `continuations[r].len()` positions, so only the last `span` positions matter.
     let span = continuations.iter().map(|c| c.len()).max().unwrap_or(0);
@@ -350,5 +516,125 @@ mod tests {
             .map(|r| (r.logprob * 1e6) as i64)
             .collect();
         assert_eq!(distinct.len(), 4, "each choice gets its own token's score");
+    }
+
+    /// `count` pseudo-random tokens from `seed` (a prompt no two tests share by accident).
+    fn tokens(seed: u32, count: usize) -> Vec<u32> {
+        (0..count as u32)
+            .map(|i| (seed.wrapping_mul(7919) + i * 104_729) % 251 + 1)
+            .collect()
+    }
+
+    fn assert_same_scores(got: &[Loglikelihood], want: &[Loglikelihood]) {
+        assert_eq!(got.len(), want.len());
+        for (got, want) in got.iter().zip(want) {
+            assert!(
+                (got.logprob - want.logprob).abs() < 1e-4,
+                "{} with a shared prefix vs {} computed whole",
+                got.logprob,
+                want.logprob
+            );
+            assert_eq!(got.is_greedy, want.is_greedy);
+            assert_eq!(got.token_logprobs.len(), want.token_logprobs.len());
+        }
+    }
+
+    /// Each request scored on its own, its whole input computed.
+    fn scored_alone(
+        model: &Llama,
+        requests: &[LoglikelihoodRequest],
+        device: &Device,
+    ) -> Vec<Loglikelihood> {
+        requests
+            .iter()
+            .map(|r| {
+                loglikelihood(model, std::slice::from_ref(r), 1, device)
+                    .unwrap()
+                    .remove(0)
+            })
+            .collect()
+    }
+
+    /// Few-shot-like requests: one 48-token prompt, then questions of different lengths, each
+    /// with a one-token and a three-token answer; plus one unrelated request.
+    fn few_shot_requests(
+        prompt_seed: u32,
+        questions: std::ops::Range<u32>,
+    ) -> Vec<LoglikelihoodRequest> {
+        let prompt = tokens(prompt_seed, 48);
+        let mut requests = Vec::new();
+        for q in questions {
+            let mut context = prompt.clone();
+            context.extend(tokens(1000 + q, 1 + (q as usize * 3) % 11));
+            for continuation in [vec![17], vec![40, 41, 42]] {
+                requests.push(LoglikelihoodRequest {
+                    context: context.clone(),
+                    continuation,
+                });
+            }
+        }
+        requests.push(LoglikelihoodRequest {
+            context: tokens(99, 20),
+            continuation: vec![5, 6],
+        });
+        requests
+    }
+
+    #[test]
+    fn shared_prefix_is_computed_once_and_scores_like_whole_inputs() {
+        let (model, device) = tiny_model(61);
+        let requests = few_shot_requests(1, 0..7);
+        let mut prefixes = PrefixCache::new();
+        let shared =
+            loglikelihood_with_prefix_cache(&model, &requests, 3, &device, &mut prefixes).unwrap();
+        assert_same_scores(&shared, &scored_alone(&model, &requests, &device));
+        let stats = prefixes.stats();
+        // The 48-token prompt (less the positions a 3-token answer needs) is reused by all 7
+        // questions but computed once.
+        assert!(stats.positions_reused >= 7 * 45, "{stats:?}");
+        let whole: usize = 7 * (48 + 11) + 21;
+        assert!(stats.positions_computed < whole / 2, "{stats:?}");
+    }
+
+    #[test]
+    fn prefix_cache_serves_the_next_call() {
+        let (model, device) = tiny_model(62);
+        let mut prefixes = PrefixCache::new();
+        let first = few_shot_requests(2, 0..4);
+        loglikelihood_with_prefix_cache(&model, &first, 4, &device, &mut prefixes).unwrap();
+        let before = prefixes.stats();
+        // Even a lone question of the same prompt in the next call starts from the cache.
+        let second: Vec<LoglikelihoodRequest> = few_shot_requests(2, 4..5);
+        let scored =
+            loglikelihood_with_prefix_cache(&model, &second, 4, &device, &mut prefixes).unwrap();
+        assert_same_scores(&scored, &scored_alone(&model, &second, &device));
+        let after = prefixes.stats();
+        assert!(
+            after.positions_reused > before.positions_reused,
+            "{after:?}"
+        );
+        // Only the question and the unrelated request were computed, not the prompt again.
+        assert!(
+            after.positions_computed - before.positions_computed < 48,
+            "{before:?} → {after:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_continuation_limits_the_shared_prefix() {
+        let (model, device) = tiny_model(63);
+        let prompt = tokens(3, 40);
+        // The continuations start inside what the other inputs share.
+        let requests: Vec<LoglikelihoodRequest> = (0..3)
+            .map(|q| LoglikelihoodRequest {
+                context: prompt[..38].to_vec(),
+                continuation: [&prompt[38..], &tokens(500 + q, 3)[..]].concat(),
+            })
+            .collect();
+        let mut prefixes = PrefixCache::new();
+        let shared =
+            loglikelihood_with_prefix_cache(&model, &requests, 2, &device, &mut prefixes).unwrap();
+        assert_same_scores(&shared, &scored_alone(&model, &requests, &device));
+        assert_eq!(prefixes.stats().positions_reused, 3 * 37);
     }
 }
