@@ -108,8 +108,12 @@ def main():
             prompt = o.get("prompt_tokens") or h.get("prompt_tokens")
             row(f"greedy decode batch {batch} ({prompt}-token prompts, {new} new), new tokens/s incl. prefill",
                 o.get("new_tokens_per_s"), h.get("new_tokens_per_s"))
-            row(f"greedy decode batch {batch}, decode steps only (incl. graph capture), tokens/s",
+            row(f"greedy decode batch {batch}, decode steps only, tokens/s",
                 o.get("decode_tokens_per_s"), h.get("decode_tokens_per_s"))
+            if o.get("first_call_new_tokens_per_s"):
+                lines.append(f"| greedy decode batch {batch}, first call at this shape (warm-up step, "
+                             f"graph capture), new tokens/s incl. prefill | "
+                             f"{fmt(o['first_call_new_tokens_per_s'])} | | |")
             if o.get("cuda_graph_replay_ms"):
                 steady = batch * 1000.0 / o["cuda_graph_replay_ms"]
                 lines.append(f"| greedy decode batch {batch}, steady state: one replayed step every "

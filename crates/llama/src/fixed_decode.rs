@@ -48,33 +48,63 @@ impl FixedDecoder {
         first: Tensor<2, Int>,
     ) -> Self {
         let device = first.device();
-        let [batch, width] = prompt_mask.dims();
+        let batch = prompt_mask.dims()[0];
         let (keys, values) = cache.into_buffers();
         let capacity = keys[0].dims()[2];
         let dtype = keys[0].dtype();
-        // HF's positions are cumsum(mask) − 1, so the next token's is the count of real ones.
-        let positions = prompt_mask.clone().sum_dim(1);
-        let column =
-            Tensor::<2, Int>::from_data(TensorData::new(vec![width as i64], [1, 1]), &device);
         let columns = Tensor::<1, Int>::arange(0..capacity as i64, &device).reshape([1, capacity]);
-        let generated_region = columns.clone().greater_equal_elem(width as i64);
-        let padding = Tensor::<2, Int>::zeros([batch, capacity - width], &device);
-        let prompt_keys = Tensor::cat(vec![prompt_mask, padding], 1).equal_elem(1);
+        let prompt = PromptState::new(prompt_mask, &columns);
         Self {
             batch,
             capacity,
             dtype,
             ids: Some(first),
-            positions: Some(positions),
-            column: Some(column),
+            positions: Some(prompt.positions),
+            column: Some(prompt.column),
             columns,
-            generated_region,
-            prompt_keys,
+            generated_region: prompt.generated_region,
+            prompt_keys: prompt.prompt_keys,
             inv_freq: model.rope.inv_freq_tensor(&device),
             keys: keys.into_iter().map(Some).collect(),
             values: values.into_iter().map(Some).collect(),
             masks_true: fused_attention_masks_true(&device),
         }
+    }
+
+    /// Lends the key and value buffers to a cache for the next prompt's prefill; give them
+    /// back with [`FixedDecoder::restart`].
+    pub(crate) fn take_cache(&mut self) -> KvCache {
+        let take = |buffers: &mut Vec<Option<Tensor<4>>>| {
+            buffers
+                .iter_mut()
+                .map(|buffer| buffer.take().expect("buffers present between calls"))
+                .collect()
+        };
+        KvCache::from_buffers(take(&mut self.keys), take(&mut self.values))
+    }
+
+    /// Starts decoding another prompt of the same batch size and capacity: `cache` is the one
+    /// [`FixedDecoder::take_cache`] lent, prefilled. Every tensor a step reads is overwritten in
+    /// place, so a graph captured from an earlier prompt replays this one. Positions past the
+    /// prompt keep the earlier prompt's keys: they stay masked until a step writes them.
+    pub(crate) fn restart(
+        &mut self,
+        cache: KvCache,
+        prompt_mask: Tensor<2, Int>,
+        first: Tensor<2, Int>,
+    ) {
+        let (keys, values) = cache.into_buffers();
+        assert_eq!(keys[0].dims()[2], self.capacity, "cache from take_cache");
+        assert_eq!(first.dims()[0], self.batch, "same batch size");
+        self.keys = keys.into_iter().map(Some).collect();
+        self.values = values.into_iter().map(Some).collect();
+        let prompt = PromptState::new(prompt_mask, &self.columns);
+        let present = "present between steps";
+        overwrite(self.ids.as_mut().expect(present), first);
+        overwrite(self.positions.as_mut().expect(present), prompt.positions);
+        overwrite(self.column.as_mut().expect(present), prompt.column);
+        overwrite(&mut self.generated_region, prompt.generated_region);
+        overwrite(&mut self.prompt_keys, prompt.prompt_keys);
     }
 
     /// Positions left in the buffers.
@@ -106,13 +136,7 @@ impl FixedDecoder {
         } else {
             forbidden.bool_not()
         });
-        let write = self
-            .columns
-            .clone()
-            .equal(column.clone())
-            .float()
-            .cast(self.dtype)
-            .reshape([1, 1, capacity, 1]);
+        let position = column.clone().reshape([1]);
 
         let ids = self.ids.take().expect("ids");
         let positions = self.positions.take().expect("positions");
@@ -124,7 +148,7 @@ impl FixedDecoder {
             let slot = KvSlot::Fixed {
                 keys: &mut self.keys[index],
                 values: &mut self.values[index],
-                write: &write,
+                position: &position,
             };
             x = layer.forward(x, &cos, &sin, &mask, slot);
         }
@@ -136,5 +160,44 @@ impl FixedDecoder {
         self.ids = Some(ids.slice_assign([0..batch, 0..1], next));
         self.positions = Some(positions.add_scalar(1));
         self.column = Some(column.add_scalar(1));
+    }
+}
+
+/// Copies `new` into the tensor in `slot`, in place (the slot holds its only handle), so that
+/// the address a captured graph reads stays the same.
+fn overwrite<const D: usize, K>(slot: &mut Tensor<D, K>, new: Tensor<D, K>)
+where
+    K: burn::tensor::kind::Basic,
+{
+    let held = std::mem::replace(slot, new.clone());
+    let ranges = held.dims().map(|n| 0..n);
+    *slot = held.slice_assign(ranges, new);
+}
+
+/// What a decode step reads about the prompt, from its mask `[B, W]` (1 = real token).
+struct PromptState {
+    /// `[B, 1]`: HF's positions are cumsum(mask) − 1, so the next token's is the count of
+    /// real ones.
+    positions: Tensor<2, Int>,
+    /// `[1, 1]`: the first column after the prompt.
+    column: Tensor<2, Int>,
+    /// `[1, C]`: columns at or past the prompt width.
+    generated_region: Tensor<2, Bool>,
+    /// `[B, C]`: the prompt's real tokens.
+    prompt_keys: Tensor<2, Bool>,
+}
+
+impl PromptState {
+    fn new(prompt_mask: Tensor<2, Int>, columns: &Tensor<2, Int>) -> Self {
+        let device = prompt_mask.device();
+        let [batch, width] = prompt_mask.dims();
+        let capacity = columns.dims()[1];
+        let padding = Tensor::<2, Int>::zeros([batch, capacity - width], &device);
+        Self {
+            positions: prompt_mask.clone().sum_dim(1),
+            column: Tensor::from_data(TensorData::new(vec![width as i64], [1, 1]), &device),
+            generated_region: columns.clone().greater_equal_elem(width as i64),
+            prompt_keys: Tensor::cat(vec![prompt_mask, padding], 1).equal_elem(1),
+        }
     }
 }

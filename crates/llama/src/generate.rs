@@ -98,6 +98,40 @@ pub fn generate_streaming(
     seeds: Option<&[u64]>,
     on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Result<Vec<Generation>> {
+    generate_streaming_with(
+        model,
+        &DecodeGraphs::new(),
+        prompts,
+        config,
+        device,
+        seeds,
+        on_step,
+    )
+}
+
+/// [`generate`] for a caller that keeps `graphs` beside `model` across calls (a server, a
+/// benchmark harness): greedy batches on a LibTorch GPU replay the decode step captured by an
+/// earlier call of the same batch size and cache length instead of capturing it again.
+pub fn generate_with(
+    model: &Llama,
+    graphs: &DecodeGraphs,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+) -> Result<Vec<Generation>> {
+    generate_streaming_with(model, graphs, prompts, config, device, None, &mut |_| None)
+}
+
+/// [`generate_streaming`] with [`generate_with`]'s kept graphs.
+pub fn generate_streaming_with(
+    model: &Llama,
+    graphs: &DecodeGraphs,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+    seeds: Option<&[u64]>,
+    on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
+) -> Result<Vec<Generation>> {
     if let Some(seeds) = seeds
         && seeds.len() != prompts.len()
     {
@@ -137,7 +171,9 @@ pub fn generate_streaming(
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
     for chunk in order.chunks(config.batch_size) {
-        let generations = generate_batch(model, prompts, chunk, config, device, seeds, on_step);
+        let generations = generate_batch(
+            model, graphs, prompts, chunk, config, device, seeds, on_step,
+        );
         for (&index, generation) in chunk.iter().zip(generations) {
             results[index] = Some(generation);
         }
@@ -160,6 +196,8 @@ struct Sequence {
 pub struct DecodeStats {
     /// Batches decoded by replaying a captured CUDA graph of one step.
     pub graph_batches: usize,
+    /// Steps captured as a graph (a batch that restarts a kept decoder captures none).
+    pub graph_captures: usize,
     /// Steps run as graph replays.
     pub graph_replays: usize,
     /// Batches where capture or replay failed and eager decoding took over.
@@ -176,6 +214,7 @@ pub struct DecodeStats {
 
 static DECODE_STATS: std::sync::Mutex<DecodeStats> = std::sync::Mutex::new(DecodeStats {
     graph_batches: 0,
+    graph_captures: 0,
     graph_replays: 0,
     graph_failures: 0,
     last_failure: None,
@@ -192,6 +231,85 @@ static WARM_GPUS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(
 /// See [`DecodeStats`].
 pub fn decode_stats() -> DecodeStats {
     DECODE_STATS.lock().expect("decode stats lock").clone()
+}
+
+/// Captured CUDA graphs of greedy decode steps, kept across `generate` calls for one model
+/// (see [`generate_with`]): a later batch of the same size whose prompt plus new tokens fit
+/// the same cache length (rounded up to [`GRAPH_CACHE_STEP`] positions) restarts a kept
+/// decoder in place and replays its graph, with no eager warm-up and no capture.
+///
+/// A graph replays the weights it was captured with: keep one `DecodeGraphs` per model, and
+/// a new one after changing its weights. It holds each kept decoder's key/value buffers on
+/// the GPU; at most [`KEPT_GRAPHS`] are kept, the least recently used dropped first. On other
+/// devices it stays empty.
+#[derive(Default)]
+pub struct DecodeGraphs {
+    #[cfg(feature = "tch")]
+    kept: std::sync::Mutex<Vec<KeptGraph>>,
+}
+
+/// Decode graphs [`DecodeGraphs`] keeps at most.
+pub const KEPT_GRAPHS: usize = 2;
+
+/// Fixed decoding sizes its cache in multiples of this many positions, so that calls whose
+/// prompts differ a little in length share a graph (masked positions add exact zeros).
+pub const GRAPH_CACHE_STEP: usize = 64;
+
+impl DecodeGraphs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decoders with a captured graph kept now.
+    pub fn len(&self) -> usize {
+        #[cfg(feature = "tch")]
+        return self.kept.lock().map(|kept| kept.len()).unwrap_or(0);
+        #[cfg(not(feature = "tch"))]
+        0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The kept decoder for this shape, taken out while a batch uses it.
+    #[cfg(feature = "tch")]
+    fn take(&self, gpu: usize, batch: usize, capacity: usize) -> Option<KeptGraph> {
+        let mut kept = self.kept.lock().ok()?;
+        let index = kept
+            .iter()
+            .position(|k| (k.gpu, k.batch, k.capacity) == (gpu, batch, capacity))?;
+        Some(kept.remove(index))
+    }
+
+    /// Keeps a decoder and its graph as the most recently used.
+    #[cfg(feature = "tch")]
+    fn put(&self, graph: KeptGraph) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.push(graph);
+            while kept.len() > KEPT_GRAPHS {
+                kept.remove(0);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DecodeGraphs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeGraphs")
+            .field("kept", &self.len())
+            .finish()
+    }
+}
+
+/// A decoder whose step was captured, with its graph.
+#[cfg(feature = "tch")]
+struct KeptGraph {
+    gpu: usize,
+    batch: usize,
+    capacity: usize,
+    decoder: FixedDecoder,
+    graph: crate::cuda_graph::CudaGraph,
 }
 
 fn new_sequences(
@@ -233,8 +351,10 @@ fn finished(sequences: Vec<Sequence>, prompts: &[Vec<u32>]) -> Vec<Generation> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn generate_batch(
     model: &Llama,
+    graphs: &DecodeGraphs,
     prompts: &[Vec<u32>],
     indices: &[usize],
     config: &GenerationConfig,
@@ -258,7 +378,7 @@ fn generate_batch(
             indices,
             config,
             device,
-            Some(gpu),
+            Some((gpu, graphs)),
             &mut |step| reported.forward(step, on_step),
         );
         match result {
@@ -273,6 +393,8 @@ fn generate_batch(
             model, prompts, indices, config, device, seeds, &reported, on_step,
         );
     }
+    #[cfg(not(feature = "tch"))]
+    let _ = graphs; // kept graphs exist on LibTorch GPUs only
     eager_batch(model, prompts, indices, config, device, seeds, on_step)
 }
 
@@ -407,35 +529,56 @@ fn eager_batch(
 
 #[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
 /// Greedy decoding with [`FixedDecoder`]: eager steps on the CPU (`gpu` = None, used by the
-/// tests), on a LibTorch GPU the second step captured as a CUDA graph and replayed for the
-/// rest. Rows that finish early keep being computed (shapes stay fixed); their extra tokens
-/// are dropped.
+/// tests); on a LibTorch GPU one step is captured as a CUDA graph and replayed for the rest,
+/// or, when `graphs` kept a decoder of this shape from an earlier call, that decoder restarts
+/// in place and its graph replays from the first step. Rows that finish early keep being
+/// computed (shapes stay fixed); their extra tokens are dropped.
 fn generate_batch_fixed(
     model: &Llama,
     prompts: &[Vec<u32>],
     indices: &[usize],
     config: &GenerationConfig,
     device: &Device,
-    gpu: Option<usize>,
+    gpu: Option<(usize, &DecodeGraphs)>,
     on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Result<Vec<Generation>> {
     #[cfg(feature = "tch")]
-    let _stream = gpu.map(crate::cuda_graph::SideStream::enter).transpose()?;
+    let _stream = gpu
+        .map(|(gpu, _)| crate::cuda_graph::SideStream::enter(gpu))
+        .transpose()?;
+    #[cfg(not(feature = "tch"))]
+    let _ = gpu; // graphs are captured on LibTorch GPUs only
     // Greedy: no sampling streams to seed.
     let mut sequences = new_sequences(indices, config, None);
     let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
     let (tokens, mask) = left_padded(&batch, device);
     let width = tokens.dims()[1];
     // The first new token comes from the prefill; each step adds one key/value column.
-    let mut cache = KvCache::with_capacity(width + config.max_new_tokens);
+    let capacity = (width + config.max_new_tokens).next_multiple_of(GRAPH_CACHE_STEP);
+    #[cfg(feature = "tch")]
+    let mut kept = gpu.and_then(|(gpu, graphs)| graphs.take(gpu, batch.len(), capacity));
+    #[cfg(feature = "tch")]
+    let mut cache = match kept.as_mut() {
+        Some(kept) => kept.decoder.take_cache(),
+        None => KvCache::with_capacity(capacity),
+    };
+    #[cfg(not(feature = "tch"))]
+    let mut cache = KvCache::with_capacity(capacity);
     let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
     let first = match NextTokens::pick(model, hidden, 0.0) {
         NextTokens::Greedy { device, .. } => *device,
         NextTokens::Logits(_) => unreachable!("temperature 0 picks on the device"),
     };
-    let mut decoder = FixedDecoder::new(model, cache, mask, first);
     #[cfg(feature = "tch")]
-    let mut graph: Option<crate::cuda_graph::CudaGraph> = None;
+    let (mut decoder, mut graph) = match kept {
+        Some(mut kept) => {
+            kept.decoder.restart(cache, mask, first);
+            (kept.decoder, Some(kept.graph))
+        }
+        None => (FixedDecoder::new(model, cache, mask, first), None),
+    };
+    #[cfg(not(feature = "tch"))]
+    let mut decoder = FixedDecoder::new(model, cache, mask, first);
     let mut steps = 0usize;
     let mut chosen = host_ids(decoder.ids());
     loop {
@@ -457,11 +600,10 @@ fn generate_batch_fixed(
         // those shapes and makes cuBLAS's workspace on the side stream); then one step is
         // captured, and every step after is a replay.
         #[cfg(feature = "tch")]
-        if let Some(gpu) = gpu {
+        if let Some((gpu, _)) = gpu {
             let key = (gpu, sequences.len());
-            let warm = WARM_GPUS.lock().expect("warm GPUs lock").contains(&key);
             let started = std::time::Instant::now();
-            if !warm {
+            if graph.is_none() && !WARM_GPUS.lock().expect("warm GPUs lock").contains(&key) {
                 decoder.step(model);
                 chosen = host_ids(decoder.ids());
                 WARM_GPUS.lock().expect("warm GPUs lock").push(key);
@@ -475,10 +617,9 @@ fn generate_batch_fixed(
             if graph.is_none() {
                 let (captured, ()) = crate::cuda_graph::CudaGraph::capture(|| decoder.step(model))?;
                 graph = Some(captured);
-                DECODE_STATS
-                    .lock()
-                    .expect("decode stats lock")
-                    .capture_seconds += started.elapsed().as_secs_f64();
+                let mut stats = DECODE_STATS.lock().expect("decode stats lock");
+                stats.graph_captures += 1;
+                stats.capture_seconds += started.elapsed().as_secs_f64();
             }
             let started = std::time::Instant::now();
             graph.as_ref().expect("captured").replay()?;
@@ -494,11 +635,21 @@ fn generate_batch_fixed(
         chosen = host_ids(decoder.ids());
         steps += 1;
     }
-    if gpu.is_some() {
+    #[cfg(feature = "tch")]
+    if let Some((gpu, graphs)) = gpu {
         DECODE_STATS
             .lock()
             .expect("decode stats lock")
             .graph_batches += 1;
+        if let Some(graph) = graph {
+            graphs.put(KeptGraph {
+                gpu,
+                batch: sequences.len(),
+                capacity,
+                decoder,
+                graph,
+            });
+        }
     }
     Ok(finished(sequences, prompts))
 }
@@ -768,6 +919,59 @@ mod tests {
         .unwrap();
         assert_eq!(fixed, stopped);
         assert_eq!(stopped[2].finish_reason, FinishReason::Stop);
+    }
+
+    /// Prefills `prompts` into `cache` and decodes `steps` tokens with a fresh decoder, or with
+    /// `reused` restarted in place; returns the decoder and the ids of every step.
+    fn decode_fixed(
+        model: &Llama,
+        prompts: &[Vec<u32>],
+        reused: Option<FixedDecoder>,
+        steps: usize,
+        device: &Device,
+    ) -> (FixedDecoder, Vec<Vec<u32>>) {
+        let batch: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let (tokens, mask) = left_padded(&batch, device);
+        let mut reused = reused;
+        let mut cache = match reused.as_mut() {
+            Some(decoder) => decoder.take_cache(),
+            None => KvCache::with_capacity(GRAPH_CACHE_STEP),
+        };
+        let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
+        let NextTokens::Greedy { device: first, .. } = NextTokens::pick(model, hidden, 0.0) else {
+            unreachable!("greedy")
+        };
+        let mut decoder = match reused {
+            Some(mut decoder) => {
+                decoder.restart(cache, mask, *first);
+                decoder
+            }
+            None => FixedDecoder::new(model, cache, mask, *first),
+        };
+        let mut ids = vec![host_ids(decoder.ids())];
+        for _ in 0..steps {
+            decoder.step(model);
+            ids.push(host_ids(decoder.ids()));
+        }
+        (decoder, ids)
+    }
+
+    /// A decoder kept from one prompt batch and restarted for another (what a kept CUDA graph
+    /// replays) chooses the same tokens as a fresh decoder: the state a step reads is reset,
+    /// and the earlier batch's keys past the new prompt stay masked.
+    #[test]
+    fn restarted_decoder_decodes_like_a_fresh_one() {
+        let (model, device) = tiny_model(46);
+        let first_batch = vec![vec![5u32; 20], (1..18).collect(), vec![9, 8, 7]];
+        let second_batch = vec![vec![40u32, 41], (100..109).collect(), vec![3; 6]];
+        let (used, _) = decode_fixed(&model, &first_batch, None, 12, &device);
+        let (_, restarted) = decode_fixed(&model, &second_batch, Some(used), 12, &device);
+        let (_, fresh) = decode_fixed(&model, &second_batch, None, 12, &device);
+        assert_eq!(restarted, fresh);
+        // The second batch's tokens differ from the first's (the test would not notice stale
+        // state otherwise).
+        let (_, first_again) = decode_fixed(&model, &first_batch, None, 12, &device);
+        assert_ne!(first_again, fresh);
     }
 
     /// After a graph decode fails part-way, the eager restart answers the steps the caller

@@ -35,6 +35,7 @@ mod fixed_decode;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod kv_write;
 pub mod loglikelihood;
 pub mod lora;
 pub mod model;
@@ -46,6 +47,8 @@ pub mod rope;
 pub mod safetensors_source;
 pub mod tensor_source;
 pub mod tokenizer;
+#[cfg(feature = "tch")]
+pub mod torch_profiler;
 #[cfg(feature = "tch")]
 mod torch_shim;
 pub mod weights;

@@ -13,6 +13,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use crate::causal_attention::causal_attention;
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
+use crate::kv_write::kv_write;
 use crate::lora::LoraAdapter;
 use crate::rms_norm::rms_norm;
 use crate::rope::{Rope, apply_rotary};
@@ -108,13 +109,13 @@ impl SelfAttention {
             KvSlot::Fixed {
                 keys,
                 values,
-                write,
+                position,
             } => {
-                // `buffer += write ⊙ new`: `write` is one-hot over the buffer's positions, the
-                // position itself a device tensor, so the same ops serve every decode step
-                // (what a replayed CUDA graph needs); the buffer is updated in place.
-                let keys_all = keys.take().expect("fixed KV buffer") + write.clone() * k;
-                let values_all = values.take().expect("fixed KV buffer") + write.clone() * v;
+                // The position is a device tensor, so the same ops serve every decode step
+                // (what a replayed CUDA graph needs); the buffers are written in place.
+                let keys_all = kv_write(keys.take().expect("fixed KV buffer"), position.clone(), k);
+                let values_all =
+                    kv_write(values.take().expect("fixed KV buffer"), position.clone(), v);
                 *keys = Some(keys_all.clone());
                 *values = Some(values_all.clone());
                 (keys_all, values_all)
@@ -375,12 +376,12 @@ pub(crate) enum KvSlot<'a> {
         cache: &'a mut KvCache,
         layer: usize,
     },
-    /// Add into fixed buffers `[B, kv_heads, capacity, head_dim]` at the position `write`
-    /// (`[1, 1, capacity, 1]`, one-hot) selects; attend to the whole buffers.
+    /// Write into fixed buffers `[B, kv_heads, capacity, head_dim]` at `position` (`[1]`, a
+    /// device tensor); attend to the whole buffers.
     Fixed {
         keys: &'a mut Option<Tensor<4>>,
         values: &'a mut Option<Tensor<4>>,
-        write: &'a Tensor<4>,
+        position: &'a Tensor<1, Int>,
     },
 }
 

@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use llama::generate::{FinishReason, GenerationConfig, TokenStep, generate_streaming};
+use llama::generate::{
+    DecodeGraphs, FinishReason, GenerationConfig, TokenStep, generate_streaming_with,
+};
 use llama::{Pretrained, Tokenizer};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -232,6 +234,9 @@ fn run(
     stats: &EngineStats,
 ) {
     let stop_token_ids = model.stop_token_ids();
+    // The model never changes while the engine runs, so decode graphs captured for one batch
+    // serve every later batch of the same shape.
+    let graphs = DecodeGraphs::new();
     let mut pending: VecDeque<(Job, QueueSlot)> = VecDeque::new();
     let slot = || QueueSlot(queued.clone());
     loop {
@@ -275,13 +280,14 @@ fn run(
         stats
             .largest_batch
             .fetch_max(batch.len(), Ordering::Relaxed);
-        run_batch(&model, &stop_token_ids, sampling, batch);
+        run_batch(&model, &graphs, &stop_token_ids, sampling, batch);
     }
 }
 
 /// Runs one batch and reports every request's text as it grows.
 fn run_batch(
     model: &Pretrained,
+    graphs: &DecodeGraphs,
     stop_token_ids: &[u32],
     sampling: Sampling,
     batch: Vec<(Job, QueueSlot)>,
@@ -306,8 +312,9 @@ fn run_batch(
         let text = &mut texts[step.prompt_index];
         on_token(job, text, tokenizer, step)
     };
-    let result = generate_streaming(
+    let result = generate_streaming_with(
         &model.model,
+        graphs,
         &prompts,
         &config,
         &model.model.device(),
