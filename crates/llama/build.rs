@@ -1,7 +1,7 @@
 //! With the `tch` feature, compiles the C++ shims over libtorch — csrc/cuda_graph.cpp (CUDA graph
-//! capture and replay), csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels) and
-//! csrc/nccl.cpp (NCCL all-reduce) — against the libtorch that torch-sys links (`LIBTORCH`) and
-//! the CUDA runtime headers. Without it, does nothing: the default build needs neither.
+//! capture and replay), csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels),
+//! csrc/nccl.cpp (NCCL all-reduce) and csrc/profiler.cpp (PyTorch's profiler) — against the
+//! libtorch that torch-sys links (`LIBTORCH`) and the CUDA runtime headers. Without it, does nothing: the default build needs neither.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,6 +17,7 @@ mod tch_build {
         println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_ops.cpp");
         println!("cargo:rerun-if-changed=csrc/nccl.cpp");
+        println!("cargo:rerun-if-changed=csrc/profiler.cpp");
         println!("cargo:rerun-if-changed=csrc/shim.h");
         println!("cargo:rerun-if-env-changed=LIBTORCH");
         println!("cargo:rerun-if-env-changed=TUNELOOP_CUDA_INCLUDE");
@@ -36,6 +37,7 @@ mod tch_build {
             .file("csrc/cuda_graph.cpp")
             .file("csrc/fused_ops.cpp")
             .file("csrc/nccl.cpp")
+            .file("csrc/profiler.cpp")
             .include(libtorch.join("include"))
             .include(libtorch.join("include/torch/csrc/api/include"))
             .include(&cuda_include)

@@ -26,6 +26,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--profile", help="record one step (after warm-up, not timed) as a Chrome trace here")
     args = parser.parse_args()
 
     config = LlamaConfig(
@@ -50,15 +51,28 @@ def main():
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     times = []
-    for step in range(args.steps + 2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    def train_step():
         loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
+        return loss.item()
+
+    profiled = 1 if args.profile else 0
+    for step in range(args.steps + 2 + profiled):
+        torch.cuda.synchronize()
+        if args.profile and step == 2:
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+                start = time.perf_counter()
+                value = train_step()
+                seconds = time.perf_counter() - start
+            prof.export_chrome_trace(args.profile)
+            print(f"step {step} (profiled, not timed): {seconds:.3f}s", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        value = train_step()
         seconds = time.perf_counter() - start
         print(f"step {step}: {seconds:.3f}s loss {value:.4f}", file=sys.stderr)
         if step >= 2:

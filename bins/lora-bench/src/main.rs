@@ -58,6 +58,10 @@ struct Args {
     /// Data-parallel over this many GPUs of this host (one process each, NCCL).
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+    /// Record the first timed step with PyTorch's profiler into this Chrome trace (JSON;
+    /// LibTorch builds only; summarise with tools/bench/trace_summary.py).
+    #[arg(long)]
+    torch_profile: Option<std::path::PathBuf>,
 }
 
 fn shape(name: &str) -> Result<LlamaConfig> {
@@ -77,6 +81,33 @@ fn shape(name: &str) -> Result<LlamaConfig> {
         "tiny" => LlamaConfig::tiny_for_tests(),
         other => bail!("unknown shape `{other}` (llama31-8b, smollm2-135m, tiny)"),
     })
+}
+
+#[cfg(feature = "tch")]
+type Profiler = llama::torch_profiler::TorchProfiler;
+#[cfg(not(feature = "tch"))]
+type Profiler = ();
+
+#[cfg(feature = "tch")]
+fn start_profiler() -> Result<Profiler> {
+    Ok(llama::torch_profiler::TorchProfiler::start()?)
+}
+
+#[cfg(not(feature = "tch"))]
+fn start_profiler() -> Result<Profiler> {
+    bail!("--torch-profile needs a LibTorch build (cargo xtask gpu-build)")
+}
+
+#[cfg(feature = "tch")]
+fn save_profile(profiler: Profiler, path: &std::path::Path) -> Result<()> {
+    profiler.save(path)?;
+    eprintln!("profile of one step written to {}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "tch"))]
+fn save_profile(_: Profiler, _: &std::path::Path) -> Result<()> {
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -135,7 +166,12 @@ fn main() -> Result<()> {
         .collect();
     let mut times = Vec::new();
     let mut losses = Vec::new();
-    for step in 0..args.steps + 2 {
+    let profiled = usize::from(args.torch_profile.is_some());
+    for step in 0..args.steps + 2 + profiled {
+        let profiler = match &args.torch_profile {
+            Some(path) if step == 2 => Some((start_profiler()?, path)),
+            _ => None,
+        };
         let started = Instant::now();
         let outcome = optimizer_step(
             &mut model,
@@ -149,6 +185,12 @@ fn main() -> Result<()> {
         // The loss read-back synchronises the device.
         losses.push(outcome.loss);
         let seconds = started.elapsed().as_secs_f64();
+        if let Some((profiler, path)) = profiler {
+            eprintln!("step {step} (profiled, not timed): {seconds:.3}s");
+            save_profile(profiler, path)?;
+            // The profiled step ran slower than the others: it is not timed.
+            continue;
+        }
         if group.is_writer() {
             eprintln!("step {step}: {seconds:.3}s loss {:.4}", outcome.loss);
         }

@@ -50,6 +50,9 @@ pub enum Error {
     /// Making, joining or using an NCCL group failed.
     #[error("NCCL: {0}")]
     Nccl(String),
+    /// Starting PyTorch's profiler or saving its trace failed.
+    #[error("profiler: {0}")]
+    Profiler(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
