@@ -17,13 +17,15 @@ use benchmarks::{
 };
 use clap::Parser;
 use llama::burn::module::Module;
+use llama::burn::tensor::Device;
 use llama::device::{Precision, select_device};
 use llama::generate::{GenerationConfig, generate};
 use llama::{ExportOptions, HostDType, Llama, Pretrained};
 use lora_training::data::multiple_choice_conversation;
+use lora_training::distributed::{launch, rank_device};
 use lora_training::tokenized::TokenizedSplit;
 use lora_training::{
-    MergeCheck, TrainingSetup, attach_adapters, eval_loss, freeze_base, merge_verified,
+    Group, MergeCheck, TrainingSetup, attach_adapters, eval_loss, freeze_base, merge_verified,
     save_peft_adapter, tokenize_data, train, training_device,
 };
 use serde_json::json;
@@ -48,6 +50,11 @@ struct Args {
     /// Stop after training (no merge or validation).
     #[arg(long)]
     train_only: bool,
+    /// Train data-parallel on this many GPUs of this host: one process per GPU (the model's
+    /// device must be `cuda`), NCCL between them; rank 0 writes every file, then merges and
+    /// validates alone. Under torchrun's variables (several hosts) leave it at 1.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +65,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.gpus > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        let forwarded: Vec<_> = std::env::args_os().skip(1).collect();
+        return Ok(launch(args.gpus, &forwarded)?);
+    }
     let mut config = match (&args.config, args.demo) {
         (Some(path), false) => Phase1aConfig::load(path)?,
         (None, true) => Phase1aConfig::parse(DEFAULT_CONFIG, "embedded phase1a.toml")?,
@@ -66,16 +77,30 @@ fn main() -> Result<()> {
     if let Some(run_dir) = &args.run_dir {
         config.run_dir = run_dir.clone();
     }
+    let precision = config
+        .model
+        .precision
+        .as_deref()
+        .map(str::parse::<Precision>)
+        .transpose()?;
+    let device = select_device(&rank_device(&config.model.device), precision)?;
+    let group = Group::from_env(&device)?;
     if args.demo {
-        let (train, eval) = write_demo_data(&config.run_dir.join("demo-data"))?;
+        let dir = config.run_dir.join("demo-data");
+        let (train, eval) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
+        // Rank 0 writes the files every rank then reads.
+        if group.is_writer() {
+            write_demo_data(&train, &eval)?;
+        }
+        group.barrier();
         config.data.train = train;
         config.data.eval = Some(eval);
     }
-    run(&config, &args)
+    run(&config, &args, &device, &group)
 }
 
 /// Arithmetic questions from the assets' task pool as chat JSONL: 64 held out, 2,000 to train.
-fn write_demo_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+fn write_demo_data(train_path: &Path, eval_path: &Path) -> Result<()> {
     let paths = assets::AssetPaths::locate();
     let pool = paths
         .require(
@@ -95,29 +120,23 @@ fn write_demo_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         })
         .collect();
     let (eval, train) = conversations.split_at(64);
-    let train_path = dir.join("train.jsonl");
-    let eval_path = dir.join("eval.jsonl");
-    records::jsonl::write_jsonl_atomic(&train_path, train)?;
-    records::jsonl::write_jsonl_atomic(&eval_path, eval)?;
-    Ok((train_path, eval_path))
+    records::jsonl::write_jsonl_atomic(train_path, train)?;
+    records::jsonl::write_jsonl_atomic(eval_path, eval)?;
+    Ok(())
 }
 
-fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
+fn run(config: &Phase1aConfig, args: &Args, device: &Device, group: &Group) -> Result<()> {
     let run_dir = &config.run_dir;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    records::jsonl::write_atomic(
-        run_dir.join("config.toml"),
-        toml::to_string_pretty(config)?.as_bytes(),
-    )?;
+    if group.is_writer() {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        records::jsonl::write_atomic(
+            run_dir.join("config.toml"),
+            toml::to_string_pretty(config)?.as_bytes(),
+        )?;
+    }
     let started = Instant::now();
-    let precision = config
-        .model
-        .precision
-        .as_deref()
-        .map(str::parse::<Precision>)
-        .transpose()?;
-    let device = select_device(&config.model.device, precision)?;
-    let train_device = training_device(&device, config.train.gradient_checkpointing);
+    let train_device = training_device(device, config.train.gradient_checkpointing);
     tracing::info!("loading {}", config.model.path.display());
     let pretrained = Pretrained::load(&config.model.path, &train_device)
         .with_context(|| format!("loading {}", config.model.path.display()))?;
@@ -125,7 +144,14 @@ fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
     let template = tokenizer
         .chat_template()?
         .context("the model has no chat template: training renders data through it")?;
+    // Rank 0 builds the token cache; the others wait for it, then find it and reuse it.
+    if !group.is_writer() {
+        group.barrier();
+    }
     let data = tokenize_data(&config.data, &tokenizer, &template, &run_dir.join("data"))?;
+    if group.is_writer() {
+        group.barrier();
+    }
     let audit = &data.meta.train_audit;
     tracing::info!(
         "train: {} examples, {} tokens ({} trained), {} truncated, {} skipped; eval: {} examples",
@@ -155,9 +181,13 @@ fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
             base_model: Some(&base_name),
             resume: args.resume,
             stop_after: None,
-            group: None,
+            group: Some(group),
         },
     )?;
+    if !group.is_writer() {
+        // The adapters are the same on every rank: rank 0 exports, merges and validates.
+        return Ok(());
+    }
     let trained = outcome.model.valid();
     save_peft_adapter(
         &trained,
@@ -244,7 +274,7 @@ fn run(config: &Phase1aConfig, args: &Args) -> Result<()> {
             tokenizer: tokenizer.clone(),
         };
         report.before = validate(base_model, "base", config, &run_dir.join("validate/base"))?;
-        let merged_model = Pretrained::load(&merged_dir, &device)?;
+        let merged_model = Pretrained::load(&merged_dir, device)?;
         report.after = validate(
             merged_model,
             "merged",

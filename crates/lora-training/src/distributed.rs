@@ -98,6 +98,14 @@ impl Group {
             .collect()
     }
 
+    /// Returns once every rank has called it (an all-reduce of one number): rank 0 builds
+    /// what the others then read, such as the token cache.
+    pub fn barrier(&self) {
+        if self.world_size > 1 {
+            self.all_reduce_sum(Vec::new(), &[0.0]);
+        }
+    }
+
     /// The element-wise sums over all ranks of `tensors` (f32, any shapes, same on every rank)
     /// and of `scalars`, in one all-reduce.
     pub fn all_reduce_sum(
