@@ -103,6 +103,12 @@ impl CudaGraph {
     }
 }
 
+// SAFETY: the graph is owned by this value alone and used through `&self`/drop only;
+// `at::cuda::CUDAGraph` is not tied to the thread that captured it (a replay enqueues on the
+// calling thread's current stream), so moving it to another thread is sound. Callers that
+// share it (`DecodeGraphs`) hold it behind a mutex.
+unsafe impl Send for CudaGraph {}
+
 impl Drop for CudaGraph {
     fn drop(&mut self) {
         // SAFETY: created by tl_graph_new, deleted once.

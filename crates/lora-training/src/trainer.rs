@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use llama::burn::module::{Module, Param};
-use llama::burn::tensor::activation::log_softmax;
-use llama::burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use llama::burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use llama::cross_entropy::target_log_probs;
 use llama::{HostDType, Llama, OwnedTensors, ProjectionKind, host_tensor};
 use serde::{Deserialize, Serialize};
 
@@ -557,10 +557,9 @@ impl Batch {
         let device = self.inputs.device();
         let attention = Tensor::<2, Int>::ones([rows, width], &device);
         let logits = model.forward(self.inputs.clone(), attention, None);
-        let log_probs = log_softmax(logits.cast(FloatDType::F32), 2);
-        let picked = log_probs
-            .gather(2, self.labels.clone().unsqueeze_dim::<3>(2))
-            .reshape([rows, width]);
+        // One operation: PyTorch's fused log-softmax on LibTorch, and a backward that keeps
+        // the logits alone instead of several f32 copies of them.
+        let picked = target_log_probs(logits, self.labels.clone());
         (picked * self.target_mask.clone()).sum().neg()
     }
 }
