@@ -12,6 +12,7 @@ from the traces: nothing is assumed about either program.
 import argparse
 import collections
 import json
+import os
 import re
 
 # First match wins; names are CUDA kernel names as the profiler records them.
@@ -96,7 +97,12 @@ def main():
     runs = []
     for spec in args.traces:
         label, _, path = spec.partition("=")
+        if not os.path.exists(path):
+            print(f"{label}: no trace at {path} (did its run fail?)\n")
+            continue
         runs.append((label, summarise(path)))
+    if not runs:
+        raise SystemExit("no trace to summarise")
     labels = [label for label, _ in runs]
 
     print("| | " + " | ".join(labels) + " |")

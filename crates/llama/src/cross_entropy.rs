@@ -164,22 +164,19 @@ pub fn reference_backward<B: Backend>(
 
 #[cfg(feature = "tch")]
 mod libtorch {
-    //! PyTorch's fused log-softmax (bf16/f16 logits read directly into f32 on CUDA).
+    //! PyTorch's fused log-softmax.
     #![allow(deprecated)] // burn-tch is deprecated upstream; it is the backend that links LibTorch
 
     use super::TargetLogProbOps;
     use burn::backend::LibTorch;
     use burn::backend::libtorch::TchTensor;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
-    /// f32 log-softmax over the last dimension without a separate f32 copy where PyTorch
-    /// allows (`_log_softmax(half_to_float)` on CUDA).
+    /// f32 log-softmax over the last dimension: `torch.log_softmax(x, -1, dtype=float32)`, which
+    /// reads f16 logits straight into f32 on CUDA and converts other dtypes first. (Calling
+    /// `_log_softmax(half_to_float)` directly fails for bf16: measured on an H200.)
     fn log_softmax_f32(logits: &tch::Tensor) -> tch::Tensor {
-        match (logits.kind(), logits.device()) {
-            (Kind::Float, _) => logits.log_softmax(-1, None),
-            (Kind::BFloat16 | Kind::Half, Device::Cuda(_)) => logits.internal_log_softmax(-1, true),
-            _ => logits.to_kind(Kind::Float).log_softmax(-1, None),
-        }
+        logits.log_softmax(-1, Kind::Float)
     }
 
     impl TargetLogProbOps for LibTorch {

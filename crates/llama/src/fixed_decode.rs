@@ -112,6 +112,16 @@ impl FixedDecoder {
         self.capacity
     }
 
+    /// The cache column the next step writes (read back from the device): `width + steps`.
+    pub(crate) fn column(&self) -> usize {
+        let column = self.column.clone().expect("column present between steps");
+        column
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("int column")[0] as usize
+    }
+
     /// The tokens the last step chose (`[B, 1]`; before any step, the prefill's).
     pub(crate) fn ids(&self) -> Tensor<2, Int> {
         self.ids.clone().expect("ids present between steps")
@@ -159,6 +169,9 @@ impl FixedDecoder {
         // In place (each handle is the only one), so the buffers keep their addresses.
         self.ids = Some(ids.slice_assign([0..batch, 0..1], next));
         self.positions = Some(positions.add_scalar(1));
+        // `position` views `column`: dropped first, so the add below is in place (a replayed
+        // graph reads the column from the address it captured).
+        drop(position);
         self.column = Some(column.add_scalar(1));
     }
 }

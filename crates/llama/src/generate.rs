@@ -625,6 +625,17 @@ fn generate_batch_fixed(
             graph.as_ref().expect("captured").replay()?;
             // Reading the ids waits for the replay to finish.
             chosen = host_ids(decoder.ids());
+            // A graph replays fixed addresses: if a step had replaced a tensor it updates
+            // (an op that did not run in place), the replay would advance a copy nobody reads
+            // and decode garbage. The position is the cheapest witness; the eager path takes
+            // over before this step's tokens are reported.
+            let column = decoder.column();
+            if column != width + steps + 1 {
+                return Err(Error::CudaGraph(format!(
+                    "a replayed step left the decode position at {column}, expected {}",
+                    width + steps + 1
+                )));
+            }
             let mut stats = DECODE_STATS.lock().expect("decode stats lock");
             stats.graph_replays += 1;
             stats.replay_seconds += started.elapsed().as_secs_f64();
@@ -949,7 +960,13 @@ mod tests {
             None => FixedDecoder::new(model, cache, mask, *first),
         };
         let mut ids = vec![host_ids(decoder.ids())];
-        for _ in 0..steps {
+        let width = batch.iter().map(|p| p.len()).max().unwrap_or(0);
+        for step in 0..steps {
+            assert_eq!(
+                decoder.column(),
+                width + step,
+                "the position each step writes"
+            );
             decoder.step(model);
             ids.push(host_ids(decoder.ids()));
         }
