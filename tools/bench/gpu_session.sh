@@ -46,7 +46,7 @@ timeout 150 python3 tools/bench/hf_infer.py --decode-batches 1,32 --prompt-len 1
   --prefill-repeats 3 --json "$out/hf.json" >/dev/null 2>>"$log"
 
 stage "LoRA training, 8B shape, ours (one step profiled)"
-timeout 120 python3 tools/bench/with_peak_memory.py -- "$bin/lora-bench" --device cuda --shape llama31-8b \
+timeout 120 python3 tools/bench/with_peak_memory.py -- "$bin/lora-bench" --device cuda --shape llama31-8b --device-random \
   --seq 2048 --batch 1 --steps 3 --torch-profile "$work/ours.trace.json" 2>>"$log" \
   | sed 's/^{/{"run":"ours b1",/' >>"$out/lora.jsonl"
 stage "LoRA training, 8B shape, HF + PEFT (one step profiled)"

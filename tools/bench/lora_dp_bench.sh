@@ -20,7 +20,7 @@ small="--device cuda --precision f32 --shape smollm2-135m --layers 4 --seq 256 -
 "$BIN" $small --gpus 1 > "$OUT/equiv_1.json" 2> "$OUT/equiv_1.log"
 "$BIN" $small --gpus 2 > "$OUT/equiv_2.json" 2> "$OUT/equiv_2.log"
 
-big="--device cuda --shape llama31-8b --seq 2048 --batch 1 --micro-batches 8 --steps 3"
+big="--device cuda --shape llama31-8b --device-random --seq 2048 --batch 1 --micro-batches 8 --steps 3"
 for n in 1 2 4 8; do
   [ "$n" -le "$GPUS" ] || continue
   python3 tools/bench/with_peak_memory.py -- "$BIN" $big --gpus "$n" > "$OUT/scale_$n.json" 2> "$OUT/scale_$n.log"

@@ -26,11 +26,11 @@ run parity_gpu "$BIN" --device cuda --precision f32 --shape smollm2-135m --layer
 # bf16 on the GPU runs the flash-attention kernels in the training attention: close, not equal.
 run parity_gpu_bf16 "$BIN" --device cuda --precision bf16 --shape smollm2-135m --layers 4 --seq 256 --batch 2 --steps 2
 
-run ours_b1 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5
+run ours_b1 "$BIN" --device cuda --shape llama31-8b --device-random --seq 2048 --batch 1 --steps 5
 run hf_b1 python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5
-run ours_b2 "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 2 --steps 3
+run ours_b2 "$BIN" --device cuda --shape llama31-8b --device-random --seq 2048 --batch 2 --steps 3
 if [ "${SKIP_CKPT:-0}" != 1 ]; then
-  run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
+  run ours_b4_ckpt "$BIN" --device cuda --shape llama31-8b --device-random --seq 2048 --batch 4 --steps 3 --gradient-checkpointing
   run hf_b4_ckpt python3 tools/bench/hf_lora.py --seq 2048 --batch 4 --steps 3 --checkpointing
 fi
 

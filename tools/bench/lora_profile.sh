@@ -15,7 +15,7 @@ export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-"$BIN" --device cuda --shape llama31-8b --layers "$LAYERS" --seq 2048 --batch 1 --steps 3 \
+"$BIN" --device cuda --shape llama31-8b --device-random --layers "$LAYERS" --seq 2048 --batch 1 --steps 3 \
   --torch-profile "$OUT/ours.trace.json" > "$OUT/ours.json" 2> "$OUT/ours.log" || echo "ours failed" >&2
 python3 tools/bench/hf_lora.py --layers "$LAYERS" --seq 2048 --batch 1 --steps 3 \
   --profile "$OUT/hf.trace.json" > "$OUT/hf.json" 2> "$OUT/hf.log" || echo "hf failed" >&2

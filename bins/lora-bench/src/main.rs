@@ -58,6 +58,11 @@ struct Args {
     /// Data-parallel over this many GPUs of this host (one process each, NCCL).
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+    /// Draw the random weights with the device's own generator (an 8B-shaped model on a GPU in
+    /// under a second, against ~50 s for the seeded host numbers); the weights then differ
+    /// between devices, so leave it off for CPU-vs-GPU comparisons.
+    #[arg(long)]
+    device_random: bool,
     /// Record the first timed step with PyTorch's profiler into this Chrome trace (JSON;
     /// LibTorch builds only; summarise with tools/bench/trace_summary.py).
     #[arg(long)]
@@ -129,7 +134,14 @@ fn main() -> Result<()> {
         config.num_hidden_layers = layers;
     }
     let loading = Instant::now();
-    let mut model = freeze_base(Llama::random(&config, 0, &train_device)?);
+    let base = if args.device_random {
+        // The same seed on every rank: data-parallel ranks must hold the same base.
+        train_device.seed(0);
+        Llama::random_on_device(&config, &train_device)?
+    } else {
+        Llama::random(&config, 0, &train_device)?
+    };
+    let mut model = freeze_base(base);
     let lora = LoraConfig {
         rank: args.rank,
         alpha: args.alpha,
