@@ -19,7 +19,6 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -274,16 +273,7 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Memory-maps and parses `path`, checking that every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the map is read-only; like every mmap reader we rely on nobody
-        // truncating the file underneath us while it is open.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mmap = crate::tensor_source::map_read_only(path)?;
         let header = parse_header(&mmap).map_err(|message| gguf_error(path, message))?;
         let file = GgufFile {
             path: path.to_path_buf(),

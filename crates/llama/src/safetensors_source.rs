@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -148,16 +147,7 @@ fn hf_order_key(name: &str) -> (u8, usize, String) {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the map is read-only; a checkpoint being rewritten while we read it is
-        // outside what any loader can defend against (HF's loader maps the same way).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mmap = crate::tensor_source::map_read_only(path)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),

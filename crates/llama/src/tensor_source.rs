@@ -77,3 +77,15 @@ pub trait TensorSource {
     /// The tensor called `name`; `Error::MissingTensor` when absent.
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>>;
 }
+
+/// Memory-maps a checkpoint file read-only; an error names the file.
+pub(crate) fn map_read_only(path: &std::path::Path) -> Result<memmap2::Mmap> {
+    let io = |source| crate::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only; a checkpoint rewritten or truncated while it is read is
+    // outside what any loader can defend against (HF's loaders map files the same way).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
+}
