@@ -1,7 +1,9 @@
 //! With the `tch` feature, compiles the C++ shims over libtorch — csrc/cuda_graph.cpp (CUDA graph
-//! capture and replay), csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels),
-//! csrc/nccl.cpp (NCCL all-reduce) and csrc/profiler.cpp (PyTorch's profiler) — against the
-//! libtorch that torch-sys links (`LIBTORCH`) and the CUDA runtime headers. Without it, does nothing: the default build needs neither.
+//! capture and replay), csrc/cuda_memory.cpp (the caching allocator's peaks and settings),
+//! csrc/fused_ops.cpp (PyTorch's fused attention and RMS-norm kernels), csrc/nccl.cpp (NCCL
+//! all-reduce) and csrc/profiler.cpp (PyTorch's profiler) — against the libtorch that torch-sys
+//! links (`LIBTORCH`) and the CUDA runtime headers. Without it, does nothing: the default build
+//! needs neither.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -15,6 +17,7 @@ mod tch_build {
 
     pub fn compile() {
         println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+        println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
         println!("cargo:rerun-if-changed=csrc/fused_ops.cpp");
         println!("cargo:rerun-if-changed=csrc/nccl.cpp");
         println!("cargo:rerun-if-changed=csrc/profiler.cpp");
@@ -35,6 +38,7 @@ mod tch_build {
         cc::Build::new()
             .cpp(true)
             .file("csrc/cuda_graph.cpp")
+            .file("csrc/cuda_memory.cpp")
             .file("csrc/fused_ops.cpp")
             .file("csrc/nccl.cpp")
             .file("csrc/profiler.cpp")

@@ -26,7 +26,7 @@ for n in 1 2 4 8; do
   python3 tools/bench/with_peak_memory.py -- "$BIN" $big --gpus "$n" > "$OUT/scale_$n.json" 2> "$OUT/scale_$n.log"
 done
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 def load(name):
@@ -56,3 +56,5 @@ for n in [1, 2, 4, 8]:
     base = base or tps
     print(f"| {n} | {tps:,.0f} | {r['seconds_per_step']:.3f} | {tps / base:.2f}x | {tps / base / n:.2f} | {r.get('peak_gpu_memory_gib', float('nan')):.1f} |")
 PY
+# The device tool returns a limited number of files: the per-run outputs travel as one archive.
+(cd "$OUT" && tar czf runs.tgz --remove-files $(ls *.json *.log 2>/dev/null)) || true

@@ -49,7 +49,7 @@ struct Args {
     rank: usize,
     #[arg(long, default_value_t = 32.0)]
     alpha: f64,
-    /// Recompute activations in the backward pass.
+    /// Keep only each decoder layer's input and recompute the layer in the backward pass.
     #[arg(long)]
     gradient_checkpointing: bool,
     /// Micro-batches per optimiser step (over all GPUs), each of `--batch` sequences.
@@ -115,6 +115,29 @@ fn save_profile(_: Profiler, _: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// PyTorch's allocator peaks on `device` in GiB (allocated, reserved), the figures
+/// `torch.cuda.max_memory_allocated` / `max_memory_reserved` give HF's side; `None` off CUDA.
+#[cfg(feature = "tch")]
+fn allocator_peaks_gib(device: &llama::burn::tensor::Device) -> Option<(f64, f64)> {
+    let peaks = llama::cuda_memory::peaks(device).ok()?;
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    Some((gib(peaks.allocated), gib(peaks.reserved)))
+}
+
+#[cfg(not(feature = "tch"))]
+fn allocator_peaks_gib(_: &llama::burn::tensor::Device) -> Option<(f64, f64)> {
+    None
+}
+
+/// Starts the allocator peaks afresh once the model is built, as hf_lora.py does, so both
+/// sides count the training steps (with the weights they hold), not model construction.
+fn reset_allocator_peaks(device: &llama::burn::tensor::Device) {
+    #[cfg(feature = "tch")]
+    let _ = llama::cuda_memory::reset_peaks(device);
+    #[cfg(not(feature = "tch"))]
+    let _ = device;
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let precision = args
@@ -128,7 +151,7 @@ fn main() -> Result<()> {
     }
     let device = select_device(&rank_device(&args.device), precision)?;
     let group = Group::from_env(&device)?;
-    let train_device = training_device(&device, args.gradient_checkpointing);
+    let train_device = training_device(&device);
     let mut config = shape(&args.shape)?;
     if let Some(layers) = args.layers {
         config.num_hidden_layers = layers;
@@ -142,6 +165,7 @@ fn main() -> Result<()> {
         Llama::random(&config, 0, &train_device)?
     };
     let mut model = freeze_base(base);
+    model.checkpoint_layers = args.gradient_checkpointing;
     let lora = LoraConfig {
         rank: args.rank,
         alpha: args.alpha,
@@ -150,6 +174,7 @@ fn main() -> Result<()> {
     };
     attach_adapters(&mut model, &lora, 0)?;
     eprintln!("model ready in {:.1}s", loading.elapsed().as_secs_f64());
+    reset_allocator_peaks(&device);
     let train = TrainConfig::default();
     let mut optimizer = new_optimizer(&model);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -216,6 +241,7 @@ fn main() -> Result<()> {
     let last_loss = losses.last().copied().unwrap_or(0.0);
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let tokens = (micro_batches.len() * args.batch * args.seq) as f64;
+    let peaks = allocator_peaks_gib(&device);
     println!(
         "{}",
         json!({
@@ -234,6 +260,8 @@ fn main() -> Result<()> {
             "tokens_per_second": tokens / mean,
             "last_loss": last_loss,
             "losses": losses,
+            "peak_allocated_gib": peaks.map(|(allocated, _)| allocated),
+            "peak_reserved_gib": peaks.map(|(_, reserved)| reserved),
         })
     );
     Ok(())

@@ -143,7 +143,7 @@ fn run(config: &Phase1aConfig, args: &Args, device: &Device, group: &Group) -> R
         )?;
     }
     let started = Instant::now();
-    let train_device = training_device(device, config.train.gradient_checkpointing);
+    let train_device = training_device(device);
     tracing::info!("loading {}", config.model.path.display());
     let pretrained = Pretrained::load(&config.model.path, &train_device)
         .with_context(|| format!("loading {}", config.model.path.display()))?;

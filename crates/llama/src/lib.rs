@@ -30,6 +30,8 @@ pub mod config;
 pub mod cross_entropy;
 #[cfg(feature = "tch")]
 pub mod cuda_graph;
+#[cfg(feature = "tch")]
+pub mod cuda_memory;
 pub mod device;
 pub mod export;
 mod fixed_decode;
@@ -37,6 +39,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod kv_write;
+pub mod layer_checkpoint;
 pub mod loglikelihood;
 pub mod lora;
 pub mod model;

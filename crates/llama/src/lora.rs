@@ -11,7 +11,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, Tensor};
 
-use crate::model::{Llama, Projection};
+use crate::model::{DecoderLayer, Llama, Projection};
 use crate::{Error, Result};
 
 /// The seven projections of a Llama decoder layer that LoRA can adapt.
@@ -157,31 +157,78 @@ impl Projection {
     }
 }
 
-impl Llama {
-    pub fn projection(&self, layer: usize, kind: ProjectionKind) -> &Projection {
-        let layer = &self.layers[layer];
+impl DecoderLayer {
+    pub fn projection(&self, kind: ProjectionKind) -> &Projection {
         match kind {
-            ProjectionKind::Q => &layer.self_attn.q_proj,
-            ProjectionKind::K => &layer.self_attn.k_proj,
-            ProjectionKind::V => &layer.self_attn.v_proj,
-            ProjectionKind::O => &layer.self_attn.o_proj,
-            ProjectionKind::Gate => &layer.mlp.gate_proj,
-            ProjectionKind::Up => &layer.mlp.up_proj,
-            ProjectionKind::Down => &layer.mlp.down_proj,
+            ProjectionKind::Q => &self.self_attn.q_proj,
+            ProjectionKind::K => &self.self_attn.k_proj,
+            ProjectionKind::V => &self.self_attn.v_proj,
+            ProjectionKind::O => &self.self_attn.o_proj,
+            ProjectionKind::Gate => &self.mlp.gate_proj,
+            ProjectionKind::Up => &self.mlp.up_proj,
+            ProjectionKind::Down => &self.mlp.down_proj,
         }
     }
 
-    pub fn projection_mut(&mut self, layer: usize, kind: ProjectionKind) -> &mut Projection {
-        let layer = &mut self.layers[layer];
+    pub fn projection_mut(&mut self, kind: ProjectionKind) -> &mut Projection {
         match kind {
-            ProjectionKind::Q => &mut layer.self_attn.q_proj,
-            ProjectionKind::K => &mut layer.self_attn.k_proj,
-            ProjectionKind::V => &mut layer.self_attn.v_proj,
-            ProjectionKind::O => &mut layer.self_attn.o_proj,
-            ProjectionKind::Gate => &mut layer.mlp.gate_proj,
-            ProjectionKind::Up => &mut layer.mlp.up_proj,
-            ProjectionKind::Down => &mut layer.mlp.down_proj,
+            ProjectionKind::Q => &mut self.self_attn.q_proj,
+            ProjectionKind::K => &mut self.self_attn.k_proj,
+            ProjectionKind::V => &mut self.self_attn.v_proj,
+            ProjectionKind::O => &mut self.self_attn.o_proj,
+            ProjectionKind::Gate => &mut self.mlp.gate_proj,
+            ProjectionKind::Up => &mut self.mlp.up_proj,
+            ProjectionKind::Down => &mut self.mlp.down_proj,
         }
+    }
+
+    /// A then B of each adapted projection, in [`ProjectionKind::ALL`] order (the order of
+    /// [`Llama::adapted_projections`] within a layer).
+    pub fn lora_factors(&self) -> Vec<Tensor<2>> {
+        ProjectionKind::ALL
+            .into_iter()
+            .filter_map(|kind| self.projection(kind).lora.as_ref())
+            .flat_map(|adapter| [adapter.a.val(), adapter.b.val()])
+            .collect()
+    }
+
+    /// A copy whose adapters use `factors` (as [`DecoderLayer::lora_factors`] lists them).
+    ///
+    /// # Panics
+    /// If `factors` does not hold one matrix per adapter factor.
+    pub fn with_lora_factors(&self, factors: Vec<Tensor<2>>) -> DecoderLayer {
+        let mut layer = self.clone();
+        let mut factors = factors.into_iter();
+        for kind in ProjectionKind::ALL {
+            // As given: `Param::from_tensor` would make an untracked factor a leaf requiring
+            // a gradient, and a checkpointed forward would record (and keep) the whole layer.
+            if let Some(adapter) = layer.projection_mut(kind).lora.as_mut() {
+                let a = factors.next().expect("a factor per A");
+                let b = factors.next().expect("a factor per B");
+                adapter.a = Param::initialized(adapter.a.id, a);
+                adapter.b = Param::initialized(adapter.b.id, b);
+            }
+        }
+        assert!(factors.next().is_none(), "one factor per adapter matrix");
+        layer
+    }
+
+    /// Whether any adapter of the layer applies dropout.
+    pub fn has_lora_dropout(&self) -> bool {
+        ProjectionKind::ALL
+            .into_iter()
+            .filter_map(|kind| self.projection(kind).lora.as_ref())
+            .any(|adapter| adapter.dropout.prob > 0.0)
+    }
+}
+
+impl Llama {
+    pub fn projection(&self, layer: usize, kind: ProjectionKind) -> &Projection {
+        self.layers[layer].projection(kind)
+    }
+
+    pub fn projection_mut(&mut self, layer: usize, kind: ProjectionKind) -> &mut Projection {
+        self.layers[layer].projection_mut(kind)
     }
 
     /// `(layer, kind)` of every projection carrying an adapter, in layer-then-kind order

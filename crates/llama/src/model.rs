@@ -14,6 +14,7 @@ use crate::causal_attention::causal_attention;
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
 use crate::kv_write::kv_write;
+use crate::layer_checkpoint::checkpointed_layer;
 use crate::lora::LoraAdapter;
 use crate::rms_norm::rms_norm;
 use crate::rope::{Rope, apply_rotary};
@@ -241,6 +242,37 @@ impl DecoderLayer {
             .forward(self.post_attention_layernorm.forward(x.clone()));
         x + mlp
     }
+
+    /// [`DecoderLayer::forward`] without a cache as one checkpointed operation: under autodiff
+    /// only `x` and the adapter factors are kept, and the layer runs again in the backward
+    /// ([`crate::layer_checkpoint`]).
+    fn forward_checkpointed(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &AttentionMask,
+    ) -> Tensor<3> {
+        // Constants enter both runs without autodiff; both runs use the module as it is (frozen
+        // weights) with the factors the operation hands in.
+        let (cos, sin) = (cos.clone().inner(), sin.clone().inner());
+        let mask = mask.clone().map(Tensor::inner);
+        let module = self.clone();
+        // Adapter dropout must draw the same masks in both runs.
+        let seed = self
+            .has_lora_dropout()
+            .then(|| crate::layer_checkpoint::dropout_seed(&x.device()))
+            .flatten();
+        let layer: crate::layer_checkpoint::LayerFn = std::sync::Arc::new(move |x, factors| {
+            if let Some(seed) = seed {
+                x.device().seed(seed);
+            }
+            module
+                .with_lora_factors(factors)
+                .forward(x, &cos, &sin, &mask, KvSlot::None)
+        });
+        checkpointed_layer(x, self.lora_factors(), layer)
+    }
 }
 
 /// Llama causal language model (`LlamaForCausalLM`).
@@ -254,6 +286,10 @@ pub struct Llama {
     pub lm_head: Projection,
     /// Whether `lm_head` mirrors `embed_tokens` (then it is not exported).
     pub tied_lm_head: bool,
+    /// Training without a cache recomputes each decoder layer in the backward pass instead of
+    /// keeping its activations ([`crate::layer_checkpoint`]); off by default.
+    #[module(skip)]
+    pub checkpoint_layers: bool,
     #[module(skip)]
     pub config: LlamaConfig,
     #[module(skip)]
@@ -353,7 +389,12 @@ impl Llama {
                 },
                 None => KvSlot::None,
             };
-            x = layer.forward(x, &cos, &sin, &mask, slot);
+            x = match slot {
+                KvSlot::None if self.checkpoint_layers && x.is_autodiff() => {
+                    layer.forward_checkpointed(x, &cos, &sin, &mask)
+                }
+                slot => layer.forward(x, &cos, &sin, &mask, slot),
+            };
         }
         if let Some(cache) = cache {
             cache.set_key_mask(key_mask);

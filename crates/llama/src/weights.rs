@@ -161,6 +161,7 @@ impl Llama {
             norm: final_norm,
             lm_head,
             tied_lm_head: !with_lm_head,
+            checkpoint_layers: false,
             config: config.clone(),
             rope,
         })

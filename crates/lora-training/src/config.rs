@@ -145,8 +145,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept on disk (the newest).
     pub keep_checkpoints: usize,
-    /// Recompute activations in the backward pass instead of storing them (burn's balanced
-    /// strategy): less memory for long sequences, more compute.
+    /// Keep only each decoder layer's input and recompute the layer in the backward pass
+    /// ([`llama::layer_checkpoint`]): activation memory of one layer instead of all of them,
+    /// for one more forward. For long sequences and large batches. With adapter dropout each
+    /// layer also reads one random seed back from the device (so the recompute draws the same
+    /// masks), a synchronisation per layer on a GPU.
     pub gradient_checkpointing: bool,
     /// Examples per length-sorted group: batches draw from groups of this many examples
     /// sorted by length, so little padding is computed (1 = plain random batches).

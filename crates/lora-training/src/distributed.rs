@@ -101,51 +101,26 @@ impl Group {
     /// Returns once every rank has called it (an all-reduce of one number): rank 0 builds
     /// what the others then read, such as the token cache.
     pub fn barrier(&self) {
-        if self.world_size > 1 {
-            self.all_reduce_sum(Vec::new(), &[0.0]);
+        #[cfg(feature = "tch")]
+        if let Some(communicator) = &self.communicator {
+            let device = communicator.device().clone().inner();
+            self.all_reduce_sum(Tensor::zeros([0], &device), &[0.0]);
         }
     }
 
-    /// The element-wise sums over all ranks of `tensors` (f32, any shapes, same on every rank)
-    /// and of `scalars`, in one all-reduce.
-    pub fn all_reduce_sum(
-        &self,
-        tensors: Vec<Tensor<2>>,
-        scalars: &[f64],
-    ) -> (Vec<Tensor<2>>, Vec<f64>) {
+    /// The element-wise sums over all ranks of `flat` (f32, the same length on every rank) and
+    /// of `scalars`, in one all-reduce.
+    pub fn all_reduce_sum(&self, flat: Tensor<1>, scalars: &[f64]) -> (Tensor<1>, Vec<f64>) {
         #[cfg(feature = "tch")]
         if let Some(communicator) = &self.communicator {
-            // The communicator's device, not the first tensor's: with no tensors the scalars
-            // must still be summed.
-            let device = communicator.device().clone().inner();
-            let shapes: Vec<[usize; 2]> = tensors.iter().map(|t| t.dims()).collect();
-            let mut flat: Vec<Tensor<1>> = tensors
-                .into_iter()
-                .map(|t| {
-                    let [rows, cols] = t.dims();
-                    t.reshape([rows * cols])
-                })
-                .collect();
+            let length = flat.dims()[0];
             let values: Vec<f32> = scalars.iter().map(|&v| v as f32).collect();
-            flat.push(Tensor::from_data(
-                TensorData::new(values, [scalars.len()]),
-                &device,
-            ));
-            let summed = communicator.all_reduce_sum(Tensor::cat(flat, 0));
-            let mut offset = 0;
-            let tensors = shapes
-                .iter()
-                .map(|&[rows, cols]| {
-                    let part = summed
-                        .clone()
-                        .slice(offset..offset + rows * cols)
-                        .reshape([rows, cols]);
-                    offset += rows * cols;
-                    part
-                })
-                .collect();
+            let scalars_tensor =
+                Tensor::from_data(TensorData::new(values, [scalars.len()]), &flat.device());
+            let summed = communicator.all_reduce_sum(Tensor::cat(vec![flat, scalars_tensor], 0));
             let scalars = summed
-                .slice(offset..offset + scalars.len())
+                .clone()
+                .slice(length..length + scalars.len())
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
@@ -153,9 +128,9 @@ impl Group {
                 .into_iter()
                 .map(f64::from)
                 .collect();
-            return (tensors, scalars);
+            return (summed.slice(0..length), scalars);
         }
-        (tensors, scalars.to_vec())
+        (flat, scalars.to_vec())
     }
 }
 
@@ -347,9 +322,9 @@ mod tests {
     #[test]
     fn a_group_of_one_sums_nothing() {
         let device = Device::default();
-        let tensor = Tensor::<2>::from_data([[1.0f32, 2.0], [3.0, 4.0]], &device);
-        let (tensors, scalars) = Group::single().all_reduce_sum(vec![tensor.clone()], &[1.5]);
-        assert_eq!(tensors[0].to_data(), tensor.to_data());
+        let tensor = Tensor::<1>::from_data([1.0f32, 2.0, 3.0, 4.0], &device);
+        let (summed, scalars) = Group::single().all_reduce_sum(tensor.clone(), &[1.5]);
+        assert_eq!(summed.to_data(), tensor.to_data());
         assert_eq!(scalars, vec![1.5]);
     }
 

