@@ -12,6 +12,7 @@ MODEL=${MODEL:?a model directory (HF layout), e.g. the peft_export example base}
 OUT=${OUT:-/tmp/phase1a-dp}
 GPUS=${GPUS:-2}
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu GPUS=1 checks the script itself on a CPU build
+CHECKPOINTING=${CHECKPOINTING:-false}   # true: per-layer activation checkpointing in both runs
 mkdir -p "$OUT"
 work=$(mktemp -d)
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))' 2>/dev/null)/lib:${LD_LIBRARY_PATH:-}
@@ -49,6 +50,7 @@ warmup_steps = 3
 eval_every = 10
 checkpoint_every = 5
 keep_checkpoints = 2
+gradient_checkpointing = $CHECKPOINTING
 [validate]
 enabled = false
 EOF
