@@ -255,18 +255,22 @@ fn leaf<B: PlainDispatch, const D: usize>(tensor: FloatTensor<B>) -> Tensor<D> {
 
 /// The seed a checkpointed layer with adapter dropout draws from the device's generator before
 /// its forward (so a run seeded once stays reproducible) and sets again before the recompute, so
-/// both runs draw the same masks. `None` where the generator cannot be read.
-pub fn dropout_seed(device: &burn::tensor::Device) -> Option<u64> {
+/// both runs draw the same masks.
+///
+/// # Panics
+/// If the drawn number cannot be read back (the recompute would then draw other masks).
+pub fn dropout_seed(device: &burn::tensor::Device) -> u64 {
     let draw = Tensor::<1>::random(
         [1],
         burn::tensor::Distribution::Uniform(0.0, u32::MAX as f64),
         device,
     );
-    draw.into_data()
+    let values = draw
+        .into_data()
         .convert::<f64>()
         .try_to_vec::<f64>()
-        .ok()
-        .map(|values| values[0] as u64)
+        .expect("a checkpointed layer reads its dropout seed back from the device");
+    values[0] as u64
 }
 
 /// The layer function as backward state (which must be `Debug`).

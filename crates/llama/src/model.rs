@@ -261,8 +261,7 @@ impl DecoderLayer {
         // Adapter dropout must draw the same masks in both runs.
         let seed = self
             .has_lora_dropout()
-            .then(|| crate::layer_checkpoint::dropout_seed(&x.device()))
-            .flatten();
+            .then(|| crate::layer_checkpoint::dropout_seed(&x.device()));
         let layer: crate::layer_checkpoint::LayerFn = std::sync::Arc::new(move |x, factors| {
             if let Some(seed) = seed {
                 x.device().seed(seed);
