@@ -116,26 +116,29 @@ fn save_profile(_: Profiler, _: &std::path::Path) -> Result<()> {
 }
 
 /// PyTorch's allocator peaks on `device` in GiB (allocated, reserved), the figures
-/// `torch.cuda.max_memory_allocated` / `max_memory_reserved` give HF's side; `None` off CUDA.
+/// `torch.cuda.max_memory_allocated` / `max_memory_reserved` give HF's side.
 #[cfg(feature = "tch")]
-fn allocator_peaks_gib(device: &llama::burn::tensor::Device) -> Option<(f64, f64)> {
-    let peaks = llama::cuda_memory::peaks(device).ok()?;
+fn allocator_peaks_gib(device: &llama::burn::tensor::Device) -> Result<(f64, f64)> {
+    let peaks = llama::cuda_memory::peaks(device)?;
     let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
-    Some((gib(peaks.allocated), gib(peaks.reserved)))
+    Ok((gib(peaks.allocated), gib(peaks.reserved)))
 }
 
 #[cfg(not(feature = "tch"))]
-fn allocator_peaks_gib(_: &llama::burn::tensor::Device) -> Option<(f64, f64)> {
-    None
+fn allocator_peaks_gib(_: &llama::burn::tensor::Device) -> Result<(f64, f64)> {
+    unreachable!("a build without LibTorch has no CUDA device")
 }
 
 /// Starts the allocator peaks afresh once the model is built, as hf_lora.py does, so both
 /// sides count the training steps (with the weights they hold), not model construction.
-fn reset_allocator_peaks(device: &llama::burn::tensor::Device) {
-    #[cfg(feature = "tch")]
-    let _ = llama::cuda_memory::reset_peaks(device);
-    #[cfg(not(feature = "tch"))]
-    let _ = device;
+#[cfg(feature = "tch")]
+fn reset_allocator_peaks(device: &llama::burn::tensor::Device) -> Result<()> {
+    Ok(llama::cuda_memory::reset_peaks(device)?)
+}
+
+#[cfg(not(feature = "tch"))]
+fn reset_allocator_peaks(_: &llama::burn::tensor::Device) -> Result<()> {
+    unreachable!("a build without LibTorch has no CUDA device")
 }
 
 fn main() -> Result<()> {
@@ -174,7 +177,11 @@ fn main() -> Result<()> {
     };
     attach_adapters(&mut model, &lora, 0)?;
     eprintln!("model ready in {:.1}s", loading.elapsed().as_secs_f64());
-    reset_allocator_peaks(&device);
+    // PyTorch's allocator counts only on a CUDA device (select_device refused `cuda` otherwise).
+    let on_cuda = args.device.starts_with("cuda");
+    if on_cuda {
+        reset_allocator_peaks(&device)?;
+    }
     let train = TrainConfig::default();
     let mut optimizer = new_optimizer(&model);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -241,7 +248,7 @@ fn main() -> Result<()> {
     let last_loss = losses.last().copied().unwrap_or(0.0);
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let tokens = (micro_batches.len() * args.batch * args.seq) as f64;
-    let peaks = allocator_peaks_gib(&device);
+    let peaks = on_cuda.then(|| allocator_peaks_gib(&device)).transpose()?;
     println!(
         "{}",
         json!({

@@ -107,7 +107,7 @@ fn on_backend<B: PlainDispatch>(
 /// One concrete backend's tensors to and from dispatch tensors: what lets the backward, which
 /// is generic over the concrete backend, call the model's layer code, and the front find the
 /// concrete backend.
-pub trait PlainDispatch: Backend {
+trait PlainDispatch: Backend {
     /// This backend's variant of [`DispatchTensorKind`].
     fn kind(tensor: BackendTensor<Self>) -> DispatchTensorKind;
     /// A plain float tensor of this backend from a dispatch tensor.
@@ -206,12 +206,11 @@ fn record<B: PlainDispatch, C: CheckpointStrategy>(
             let grad_output = Tensor::<3>::from_dispatch(B::float_into_dispatch(grad_output));
             // d(sum(out ⊙ g))/d(out) = g: the incoming gradient, seeded into the recompute.
             let gradients = (output * grad_output).sum().backward();
-            let found = |tensor: Option<Tensor<3>>| tensor.map(|t| t.into_dispatch());
             let [input_node, factor_nodes @ ..] = ops.parents;
             if let Some(node) = input_node
-                && let Some(grad) = found(input.grad(&gradients))
+                && let Some(grad) = input.grad(&gradients)
             {
-                grads.register::<B>(node.id, B::float_from_dispatch(grad));
+                grads.register::<B>(node.id, B::float_from_dispatch(grad.into_dispatch()));
             }
             for (node, factor) in factor_nodes.into_iter().zip(&factors).take(self.factors) {
                 if let Some(node) = node
