@@ -17,5 +17,6 @@ mod error;
 pub mod clusters;
 pub mod eval;
 pub mod jsonl;
+pub mod mining;
 
 pub use error::{Error, Result};

@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong building a test set, running it or mining its failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Records(#[from] records::Error),
+    /// A pool row that cannot be read as its family's format; `line` is 1-based.
+    #[error("{path}:{line}: {message}")]
+    PoolRow {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("unknown task family `{family}` (known: {known})")]
+    UnknownFamily { family: String, known: String },
+    #[error("invalid configuration: {field}: {message}")]
+    Config { field: String, message: String },
+    #[error("the test set is empty: {0}")]
+    EmptyTestSet(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
