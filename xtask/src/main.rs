@@ -18,11 +18,16 @@ tasks:
                     without --config, the embedded demo (SmolLM2 on pool arithmetic);
                     ARGS go to phase1a (--config FILE, --resume, --run-dir DIR, --train-only,
                     --gpus N for data-parallel training in a GPU build)
+  phase1b [ARGS]    failure mining (bins/phase1b): build the graded test set, run the model,
+                    cluster and name its failures; without --config, the embedded demo
+                    (phase 1A's merged demo model or SmolLM2 on a small stratified subset);
+                    ARGS go to phase1b (--config FILE, --set KEY=VALUE)
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
   gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:
                     $LIBTORCH (a PyTorch install's torch/ folder) or the pinned wheel, downloaded
-                    into .libtorch/ and checked against its sha256; output in target/gpu/release
+                    into .libtorch/ and checked against its sha256; output in target/gpu/release,
+                    stripped copies (what a GPU host is sent) in target/gpu/release/stripped
 ";
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn run() -> Result<()> {
         "demo" => demo(&rest),
         "assets" => assets(),
         "phase1a" => phase1a(&rest),
+        "phase1b" => phase1b(&rest),
         "ci" => ci(),
         "test" => test(),
         "gpu-build" => gpu_build(),
@@ -145,6 +151,26 @@ fn phase1a(rest: &[String]) -> Result<()> {
         args.push("--demo");
     }
     run_built("phase1a", &args)
+}
+
+fn phase1b(rest: &[String]) -> Result<()> {
+    // serve names the failure patterns (started and stopped by phase1b).
+    cargo(&[
+        "build",
+        "--quiet",
+        "--package",
+        "fetch-assets",
+        "--package",
+        "phase1b",
+        "--package",
+        "serve-cli",
+    ])?;
+    run_built("fetch-assets", &[])?;
+    let mut args: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if !args.contains(&"--config") {
+        args.push("--demo");
+    }
+    run_built("phase1b", &args)
 }
 
 /// Builds the whole workspace once, sets up the assets with that build, then tests.
@@ -260,15 +286,48 @@ fn gpu_build() -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     let bin_dir = target_dir.join("release");
+    // Release binaries keep line tables (~260 MB each); the device call carries 64 MiB, so
+    // stripped copies (~12 MB) are what travels to a GPU host.
+    let stripped_dir = bin_dir.join("stripped");
+    std::fs::create_dir_all(&stripped_dir)
+        .with_context(|| format!("creating {}", stripped_dir.display()))?;
     println!("GPU binaries (LibTorch {TORCH_VERSION}, run with --device cuda):");
     for (_, binary) in GPU_BINARIES {
-        println!("  {}", bin_dir.join(binary).display());
+        let stripped = strip_copy(&bin_dir.join(binary), &stripped_dir.join(binary))?;
+        println!(
+            "  {}  (stripped: {stripped})",
+            bin_dir.join(binary).display()
+        );
     }
+    println!(
+        "Stripped copies to carry to a GPU host: {}",
+        stripped_dir.display()
+    );
     println!(
         "Run them where PyTorch {TORCH_VERSION} with CUDA is installed, with its libraries on the path:\n  \
          export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:$LD_LIBRARY_PATH"
     );
     Ok(())
+}
+
+/// Writes a copy of `binary` without symbols or debug sections to `out` (temp file, then
+/// rename); returns its size in words.
+fn strip_copy(binary: &Path, out: &Path) -> Result<String> {
+    let temp = out.with_extension("partial");
+    let status = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&temp)
+        .arg(binary)
+        .status()
+        .context("could not start `strip` (binutils)")?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&temp);
+        bail!("`strip {}` failed ({status})", binary.display());
+    }
+    std::fs::rename(&temp, out).with_context(|| format!("renaming into {}", out.display()))?;
+    let bytes = std::fs::metadata(out)?.len();
+    Ok(format!("{:.1} MB", bytes as f64 / 1e6))
 }
 
 /// Downloads the pinned torch wheel with pip, checks its sha256 and unpacks the parts

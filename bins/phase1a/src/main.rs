@@ -55,6 +55,10 @@ struct Args {
     /// validates alone. Under torchrun's variables (several hosts) leave it at 1.
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+    /// Override one configuration field, e.g. `--set train.max_steps=2` or
+    /// `--set validate.benchmarks='["mmlu"]'` (repeatable; values are TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -66,8 +70,12 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let mut config = match (&args.config, args.demo) {
-        (Some(path), false) => Phase1aConfig::load(path)?,
-        (None, true) => Phase1aConfig::parse(DEFAULT_CONFIG, "embedded phase1a.toml")?,
+        (Some(path), false) => Phase1aConfig::load(path, &args.overrides)?,
+        (None, true) => Phase1aConfig::parse_with_overrides(
+            DEFAULT_CONFIG,
+            "embedded phase1a.toml",
+            &args.overrides,
+        )?,
         _ => bail!("give --config FILE or --demo"),
     };
     if args.gpus > 1 && std::env::var_os("WORLD_SIZE").is_none() {
@@ -367,6 +375,7 @@ fn validate(
                 &model as &dyn LanguageModel,
                 &MmluOptions {
                     limit: settings.mmlu_limit,
+                    subjects: settings.mmlu_subjects.clone(),
                     seed: settings.seed,
                     batch_size: settings.batch_size,
                     data_dir: data_dir.clone(),

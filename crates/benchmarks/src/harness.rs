@@ -11,7 +11,7 @@ use crate::model::{
     GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest, truncate_at_stop,
 };
 use crate::progress::Progress;
-use crate::record_log::{RecordLog, write_atomically};
+use crate::record_log::RecordLog;
 use crate::stats::{SplitMix64, stable_hash, summarize};
 
 /// Picks `limit` items by a seeded hash of their ids (all items when `limit` is `None`), keeping
@@ -57,10 +57,7 @@ pub fn item_seed(seed: u64, item_id: &str, sample: usize) -> u64 {
     .next_u64()
 }
 
-pub(crate) fn generate(
-    model: &dyn LanguageModel,
-    requests: &[GenerationRequest],
-) -> Result<Vec<String>> {
+pub fn generate(model: &dyn LanguageModel, requests: &[GenerationRequest]) -> Result<Vec<String>> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -82,7 +79,7 @@ pub(crate) fn generate(
         .collect())
 }
 
-pub(crate) fn loglikelihood(
+pub fn loglikelihood(
     model: &dyn LanguageModel,
     requests: &[LoglikelihoodRequest],
 ) -> Result<Vec<Loglikelihood>> {
@@ -107,7 +104,7 @@ pub(crate) fn loglikelihood(
 
 /// Scores the items not yet in `log`, `batch_size` at a time, appending each record as its
 /// batch finishes. Returns the records of all `items` in order.
-pub(crate) fn score_pending<T>(
+pub fn score_pending<T>(
     label: &str,
     items: &[T],
     id: impl Fn(&T) -> &str,
@@ -210,7 +207,7 @@ pub(crate) fn output_paths(
 pub(crate) fn write_result(path: &Path, result: &BenchmarkResult) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(result).expect("results serialise");
     bytes.push(b'\n');
-    write_atomically(path, &bytes)
+    Ok(records::jsonl::write_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

@@ -35,7 +35,10 @@ pub mod stats;
 
 pub use error::{Error, ModelError, Result};
 pub use gsm8k::{Gsm8kOptions, Gsm8kProtocol, run_gsm8k};
-pub use harness::{item_seed, select};
+pub use harness::{
+    generate as generate_checked, item_seed, loglikelihood as loglikelihood_checked, score_pending,
+    select,
+};
 pub use humaneval::{HumanEvalMode, HumanEvalOptions, run_humaneval};
 pub use local::LocalModel;
 pub use mmlu::{MmluOptions, MmluProtocol, run_mmlu};

@@ -45,7 +45,7 @@ impl RecordLog {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_atomically(
+                records::jsonl::write_atomic(
                     &config_path,
                     &serde_json::to_vec_pretty(config).expect("JSON value"),
                 )?;
@@ -155,14 +155,4 @@ fn describe_differences(previous: &serde_json::Value, now: &serde_json::Value) -
         }
         _ => format!("was {previous}, now {now}"),
     }
-}
-
-/// Writes `bytes` to `path` atomically, creating the parent folder first.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    records::jsonl::write_atomic(path, bytes).map_err(Error::from)
 }

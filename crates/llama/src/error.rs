@@ -56,3 +56,14 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The records crate's writers (the project's one atomic writer) fail only on I/O for the bytes
+/// and directories llama hands them; anything else is reported as an invalid argument.
+impl From<records::Error> for Error {
+    fn from(error: records::Error) -> Self {
+        match error {
+            records::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::InvalidArgument(other.to_string()),
+        }
+    }
+}

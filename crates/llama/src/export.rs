@@ -64,34 +64,10 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos}", std::process::id())
-}
-
 /// Writes `bytes` to `path` atomically (the project's one helper:
 /// [`records::jsonl::write_atomic`]).
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    records::jsonl::write_atomic(path, bytes).map_err(|error| match error {
-        records::Error::Io { path, source } => Error::Io { path, source },
-        other => Error::InvalidArgument(other.to_string()),
-    })
-}
-
-/// A temporary directory removed on drop unless it was moved into place.
-struct StagingDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+    Ok(records::jsonl::write_atomic(path, bytes)?)
 }
 
 /// A tensor converted to the export dtype, ready for safetensors.
@@ -268,66 +244,7 @@ fn generation_config_json(config: &LlamaConfig, tokenizer: &Tokenizer) -> serde_
     serde_json::Value::Object(generation)
 }
 
-/// Builds a directory at `dir` whole or not at all: `fill` writes into a temporary sibling,
-/// which then replaces `dir` (an existing one is moved aside first and removed after). If
-/// `fill` fails, nothing at `dir` changes and the temporary directory is removed.
-pub fn replace_dir_atomically<T, E: From<Error>>(
-    dir: impl AsRef<Path>,
-    fill: impl FnOnce(&Path) -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    let dir = dir.as_ref();
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "export target {} has no directory name",
-                dir.display()
-            ))
-        })
-        .map_err(E::from)?
-        .to_string_lossy()
-        .into_owned();
-    std::fs::create_dir_all(parent)
-        .map_err(io_error(parent))
-        .map_err(E::from)?;
-    let mut staging = StagingDir {
-        path: parent.join(format!(".{name}.tmp-{}", unique_suffix())),
-        keep: false,
-    };
-    std::fs::create_dir(&staging.path)
-        .map_err(io_error(&staging.path))
-        .map_err(E::from)?;
-    let value = fill(&staging.path)?;
-
-    let backup = parent.join(format!(".{name}.old-{}", unique_suffix()));
-    let had_previous = dir.exists();
-    if had_previous {
-        std::fs::rename(dir, &backup)
-            .map_err(io_error(dir))
-            .map_err(E::from)?;
-    }
-    if let Err(source) = std::fs::rename(&staging.path, dir) {
-        if had_previous {
-            let _ = std::fs::rename(&backup, dir);
-        }
-        return Err(Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        }
-        .into());
-    }
-    staging.keep = true;
-    if had_previous {
-        std::fs::remove_dir_all(&backup)
-            .map_err(io_error(&backup))
-            .map_err(E::from)?;
-    }
-    Ok(value)
-}
+pub use records::jsonl::replace_dir_atomically;
 
 /// Writes a complete HF model directory at `dir`, replacing any directory already there only
 /// once the new one is complete.
