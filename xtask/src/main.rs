@@ -222,6 +222,7 @@ const GPU_BINARIES: &[(&str, &str)] = &[
     ("chat", "chat"),
     ("validate", "validate"),
     ("phase1a", "phase1a"),
+    ("phase1b", "phase1b"),
     ("lora-bench", "lora-bench"),
     ("serve-cli", "serve"),
 ];

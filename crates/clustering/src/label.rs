@@ -29,6 +29,10 @@ pub struct ClusterDescription {
     pub keywords: Vec<String>,
     /// Texts of the members nearest the centroid, nearest first (each cut to a length limit).
     pub representatives: Vec<String>,
+    /// The other clusters, one line each (their keywords), so a labeller can name what sets this
+    /// one apart rather than what all of them share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_clusters: Vec<String>,
 }
 
 impl ClusterDescription {
@@ -56,6 +60,7 @@ impl ClusterDescription {
                 .take(max_representatives)
                 .map(|m| truncate_chars(&collapse_whitespace(&m.text), max_chars))
                 .collect(),
+            other_clusters: Vec::new(),
         }
     }
 }
@@ -102,6 +107,14 @@ pub fn label_prompt(description: &ClusterDescription) -> LabelPrompt {
     );
     for (index, text) in description.representatives.iter().enumerate() {
         user.push_str(&format!("{}. {}\n", index + 1, text));
+    }
+    if !description.other_clusters.is_empty() {
+        user.push_str(
+            "The other clusters, for contrast (name what sets this cluster apart from them):\n",
+        );
+        for line in &description.other_clusters {
+            user.push_str(&format!("- {line}\n"));
+        }
     }
     user.push_str("Answer with the JSON object only.");
     LabelPrompt { system, user }
@@ -362,6 +375,59 @@ pub async fn label_clusters<L: ClusterLabeller>(
         record.label = Some(label);
     }
     Ok(())
+}
+
+/// Labels every cluster with `labeller`, showing it each cluster against the others' keywords.
+/// A cluster the labeller fails on gets the keyword label instead (marked
+/// [`KEYWORD_FALLBACK`]); the result lists each cluster's id with the error's text, if any, so
+/// nothing falls back unseen.
+pub async fn label_clusters_contrastive<L: ClusterLabeller>(
+    labeller: &L,
+    clusters: &mut [ClusterRecord],
+) -> Vec<(usize, std::result::Result<(), String>)> {
+    let summaries: Vec<String> = clusters
+        .iter()
+        .map(|record| {
+            let keywords: Vec<&str> = record
+                .keywords
+                .iter()
+                .take(PROMPT_KEYWORDS)
+                .map(|k| k.term.as_str())
+                .collect();
+            format!(
+                "cluster {} ({} items): {}",
+                record.id,
+                record.size,
+                keywords.join(", ")
+            )
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(clusters.len());
+    for (index, record) in clusters.iter_mut().enumerate() {
+        let mut description = ClusterDescription::from_record(
+            record,
+            PROMPT_KEYWORDS,
+            PROMPT_REPRESENTATIVES,
+            PROMPT_CHARS_PER_EXAMPLE,
+        );
+        description.other_clusters = summaries
+            .iter()
+            .enumerate()
+            .filter(|&(other, _)| other != index)
+            .map(|(_, line)| line.clone())
+            .collect();
+        match labeller.label(&description).await {
+            Ok(label) => {
+                record.label = Some(label);
+                outcomes.push((record.id, Ok(())));
+            }
+            Err(error) => {
+                record.label = Some(KeywordFallbackLabeller.label_now(&description));
+                outcomes.push((record.id, Err(error.to_string())));
+            }
+        }
+    }
+    outcomes
 }
 
 /// Labels every cluster with [`KeywordFallbackLabeller`] (no model, no async runtime).

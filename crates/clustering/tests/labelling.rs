@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use clustering::Error;
 use clustering::label::{
     ClusterDescription, ClusterLabeller, KeywordFallbackLabeller, label_clusters,
-    label_json_schema, label_prompt, parse_label_response,
+    label_clusters_contrastive, label_json_schema, label_prompt, parse_label_response,
 };
 use records::clusters::{ClusterLabel, ClusterRecord, DistanceStats, Keyword, MemberRef};
 
@@ -196,4 +196,66 @@ fn label_clusters_drives_the_trait_and_reports_the_failing_cluster() {
     assert_eq!(label.name, "fraction / denominator / sum");
     assert_eq!(label.labelled_by, "keyword-fallback");
     assert!(label.description.starts_with("12 items (12.5%)"));
+}
+
+/// Records every description it is shown and answers from canned replies.
+struct RecordingLabeller {
+    replies: Vec<&'static str>,
+    seen: std::sync::Mutex<Vec<ClusterDescription>>,
+}
+
+impl ClusterLabeller for RecordingLabeller {
+    type Error = Error;
+
+    async fn label(&self, description: &ClusterDescription) -> Result<ClusterLabel, Error> {
+        self.seen.lock().unwrap().push(description.clone());
+        parse_label_response(self.replies[description.cluster_id], "canned-model")
+    }
+}
+
+#[test]
+fn contrastive_labelling_shows_the_other_clusters_and_falls_back_visibly() {
+    let mut clusters = vec![record(0), record(1), record(2)];
+    clusters[2].keywords[0].term = "calendar".into();
+    let labeller = RecordingLabeller {
+        replies: vec![
+            r#"{"name":"Fractions","description":"Adds fractions."}"#,
+            "no idea",
+            r#"{"name":"Dates","description":"Counts days."}"#,
+        ],
+        seen: Default::default(),
+    };
+    let outcomes = block_on(label_clusters_contrastive(&labeller, &mut clusters));
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].1.is_ok() && outcomes[2].1.is_ok());
+    assert_eq!(outcomes[1].0, 1);
+    assert!(
+        outcomes[1].1.as_ref().unwrap_err().contains("no idea"),
+        "{outcomes:?}"
+    );
+    // The failed cluster still has a name, marked as the keyword fallback.
+    assert_eq!(
+        clusters[1].label.as_ref().unwrap().labelled_by,
+        "keyword-fallback"
+    );
+    assert_eq!(clusters[2].label.as_ref().unwrap().name, "Dates");
+    // Each cluster was shown the other two, not itself.
+    let seen = labeller.seen.lock().unwrap();
+    assert_eq!(seen[0].other_clusters.len(), 2);
+    assert!(
+        seen[0].other_clusters[1].starts_with("cluster 2")
+            && seen[0].other_clusters[1].contains("calendar")
+    );
+    assert!(
+        seen[2]
+            .other_clusters
+            .iter()
+            .all(|line| !line.starts_with("cluster 2"))
+    );
+    let prompt = label_prompt(&seen[0]);
+    assert!(
+        prompt.user.contains("for contrast") && prompt.user.contains("calendar"),
+        "{}",
+        prompt.user
+    );
 }

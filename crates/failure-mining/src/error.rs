@@ -11,6 +11,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Records(#[from] records::Error),
+    #[error(transparent)]
+    Embeddings(#[from] embeddings::Error),
+    #[error(transparent)]
+    Clustering(#[from] clustering::Error),
     /// A pool row that cannot be read as its family's format; `line` is 1-based.
     #[error("{path}:{line}: {message}")]
     PoolRow {
@@ -24,6 +28,9 @@ pub enum Error {
     Config { field: String, message: String },
     #[error("the test set is empty: {0}")]
     EmptyTestSet(String),
+    /// A validation benchmark (for the leakage check) or a model call failed.
+    #[error(transparent)]
+    Benchmark(Box<benchmarks::Error>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,6 +8,14 @@ mod error;
 pub mod generate;
 pub mod grade;
 pub mod item;
+pub mod leakage;
+pub mod patterns;
+pub mod phase;
+pub mod pool;
+pub mod report;
+pub mod run;
+pub mod testset;
 
 pub use error::{Error, Result};
 pub use item::ItemDraft;
+pub use phase::{Phase1bConfig, Phase1bOutcome, run_phase1b};

@@ -15,6 +15,7 @@ fn description() -> ClusterDescription {
         share: 0.21,
         keywords: vec!["fraction".into(), "denominator".into(), "sum".into()],
         representatives: vec!["What is 1/3 + 1/6?".into(), "Simplify 4/8.".into()],
+        other_clusters: Vec::new(),
     }
 }
 

@@ -234,8 +234,15 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<TestItem>(&json).unwrap(), item);
-        let number: Grader = serde_json::from_str(r#"{"kind":"number","value":1000,"tolerance":0.001}"#).unwrap();
-        assert_eq!(number, Grader::Number { value: 1000.0, tolerance: 0.001 });
+        let number: Grader =
+            serde_json::from_str(r#"{"kind":"number","value":1000,"tolerance":0.001}"#).unwrap();
+        assert_eq!(
+            number,
+            Grader::Number {
+                value: 1000.0,
+                tolerance: 0.001
+            }
+        );
         assert_eq!(number.kind(), "number");
         let unknown = serde_json::from_str::<Grader>(r#"{"kind":"vibes"}"#).unwrap_err();
         assert!(unknown.to_string().contains("vibes"), "{unknown}");

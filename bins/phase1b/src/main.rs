@@ -1,0 +1,71 @@
+//! Phase 1B: run a model over a diverse, automatically graded test set, keep every failure with
+//! its evidence, and group the failures into named patterns (see `failure_mining`).
+//!
+//! `phase1b --config FILE [--set KEY=VALUE ...]`, or `phase1b --demo` for the embedded default.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use failure_mining::{Phase1bConfig, run_phase1b};
+
+/// The documented default configuration (`phase1b.toml`).
+const DEFAULT_CONFIG: &str = include_str!("../phase1b.toml");
+/// What the embedded demo tests when phase 1A's demo has run: its merged model.
+const PHASE1A_MERGED: &str = "runs/phase1a/merged";
+
+#[derive(Parser, Debug)]
+#[command(about = "Phase 1B: failure mining over a graded test set, clustered and named")]
+struct Args {
+    /// Configuration file (TOML); see bins/phase1b/phase1b.toml for every field.
+    #[arg(long, conflicts_with = "demo")]
+    config: Option<PathBuf>,
+    /// Run the embedded default (SmolLM2, or phase 1A's merged demo model, on the CPU).
+    #[arg(long)]
+    demo: bool,
+    /// Override one configuration field, e.g. `--set testset.size=500` (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config: Phase1bConfig = match (&args.config, args.demo) {
+        (Some(path), false) => pipeline::load_config(path, &args.overrides)?,
+        (None, true) => {
+            let mut overrides = Vec::new();
+            if std::path::Path::new(PHASE1A_MERGED)
+                .join("config.json")
+                .exists()
+            {
+                tracing::info!("testing phase 1A's merged demo model ({PHASE1A_MERGED})");
+                overrides.push(format!("model.path={PHASE1A_MERGED:?}"));
+            }
+            overrides.extend(args.overrides.iter().cloned());
+            pipeline::parse_config(DEFAULT_CONFIG, "embedded phase1b.toml", &overrides)?
+        }
+        _ => bail!("give --config FILE or --demo"),
+    };
+    let outcome = run_phase1b(&config)?;
+    println!(
+        "{} items, {} failures on the mine split, {} patterns ({} named by the LLM, {} keyword fallbacks)",
+        outcome.items,
+        outcome.failures,
+        outcome.clusters.len(),
+        outcome.labels.by_llm,
+        outcome.labels.fallbacks.len()
+    );
+    for cluster in &outcome.clusters {
+        if let Some(label) = &cluster.label {
+            println!("  {:>2}  {:>5}  {}", cluster.id, cluster.size, label.name);
+        }
+    }
+    println!("report: {}", outcome.report_html.display());
+    Ok(())
+}

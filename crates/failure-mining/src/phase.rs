@@ -1,0 +1,504 @@
+//! Phase 1B as one call: build (or load) the test set → run and grade → mine failures → embed
+//! and cluster → name the patterns → place holdout items → write the report. Each stage records
+//! the hash of its inputs in `stages.json`; a rerun skips a stage whose inputs are unchanged, and
+//! the run stage resumes item by item from `results.jsonl`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use benchmarks::LocalModel;
+use embeddings::SentenceEncoder;
+use llama::Pretrained;
+use llama::device::{Precision, select_device};
+use llm_client::{
+    ChatClusterLabeller, ChatRequest, ClientConfig, Endpoint, EndpointSettings, LlmClient, Progress,
+};
+use llm_client::{ServeOptions, ServeProcess};
+use records::clusters::{ClusterAssignment, ClusterRecord};
+use records::eval::EvalRecord;
+use records::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
+use records::mining::{FailureRecord, HoldoutMembership, TestItem};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, io_error};
+use crate::patterns::{
+    LabelOutcome, PatternConfig, find_patterns, holdout_membership, label_patterns, mine_failures,
+};
+use crate::report::{Phase1bReport, write_report};
+use crate::run::{RunConfig, run_items};
+use crate::testset::{TestSetConfig, build_testset, read_testset, write_testset};
+
+/// Everything phase 1B needs (`bins/phase1b/phase1b.toml` documents each field).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase1bConfig {
+    pub run_dir: PathBuf,
+    pub model: ModelSection,
+    pub testset: TestSetSection,
+    #[serde(default)]
+    pub run: RunConfig,
+    #[serde(default)]
+    pub patterns: PatternConfig,
+    #[serde(default)]
+    pub labels: LabelSection,
+    /// The sentence encoder (all-MiniLM-L6-v2 directory).
+    pub embedding_model: PathBuf,
+}
+
+/// The model under test: a local HF directory or GGUF file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub path: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// f32 or bf16 (default: f32 on the CPU, bf16 on a GPU).
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+/// The test set as configured (paths default to the assets folder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSetSection {
+    pub size: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "default_holdout")]
+    pub holdout_percent: u32,
+    #[serde(default)]
+    pub families: Option<Vec<String>>,
+    #[serde(default = "default_ngram")]
+    pub ngram: usize,
+    /// Default: `$TUNELOOP_ASSETS/data/pool` (or the workspace's assets).
+    #[serde(default)]
+    pub pool_dir: Option<PathBuf>,
+    /// Default: `$TUNELOOP_ASSETS/data`.
+    #[serde(default)]
+    pub benchmark_data_dir: Option<PathBuf>,
+}
+
+fn default_seed() -> u64 {
+    1234
+}
+fn default_holdout() -> u32 {
+    20
+}
+fn default_ngram() -> usize {
+    13
+}
+
+impl TestSetSection {
+    pub fn resolve(&self) -> TestSetConfig {
+        let defaults = TestSetConfig::new(self.size);
+        TestSetConfig {
+            size: self.size,
+            seed: self.seed,
+            holdout_percent: self.holdout_percent,
+            families: self.families.clone(),
+            ngram: self.ngram,
+            pool_dir: self.pool_dir.clone().unwrap_or(defaults.pool_dir),
+            benchmark_data_dir: self
+                .benchmark_data_dir
+                .clone()
+                .unwrap_or(defaults.benchmark_data_dir),
+        }
+    }
+}
+
+/// Who names the clusters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelSection {
+    /// `serve` (tuneloop's server over a local model, started and stopped by the run),
+    /// `endpoint` (any OpenAI-compatible API) or `keywords` (no model: c-TF-IDF terms).
+    pub labeller: String,
+    /// For `serve`: the model to serve; default the model under test.
+    pub serve_model: Option<PathBuf>,
+    /// For `endpoint`: base URL, model and the name of the API key's environment variable.
+    pub endpoint: EndpointSettings,
+    /// Spend cap for labelling calls, in US dollars (endpoint prices are not known here: a cap
+    /// needs prices, so it applies to serve's zero-cost calls trivially).
+    pub budget_usd: Option<f64>,
+}
+
+impl Default for LabelSection {
+    fn default() -> Self {
+        Self {
+            labeller: "serve".into(),
+            serve_model: None,
+            endpoint: EndpointSettings::default(),
+            budget_usd: None,
+        }
+    }
+}
+
+/// What a phase 1B run produced, with the paths of its files.
+#[derive(Debug)]
+pub struct Phase1bOutcome {
+    pub run_dir: PathBuf,
+    pub items: usize,
+    pub failures: usize,
+    pub clusters: Vec<ClusterRecord>,
+    pub labels: LabelOutcome,
+    pub report_markdown: PathBuf,
+    pub report_html: PathBuf,
+}
+
+/// Stage bookkeeping in `stages.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Stages {
+    stages: BTreeMap<String, StageRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StageRecord {
+    inputs_sha256: String,
+    seconds: f64,
+}
+
+impl Stages {
+    fn load(path: &Path) -> Self {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    fn is_current(&self, stage: &str, inputs: &str) -> bool {
+        self.stages
+            .get(stage)
+            .is_some_and(|record| record.inputs_sha256 == inputs)
+    }
+
+    fn record(&mut self, path: &Path, stage: &str, inputs: String, started: Instant) -> Result<()> {
+        self.stages.insert(
+            stage.to_string(),
+            StageRecord {
+                inputs_sha256: inputs,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        );
+        let mut json = serde_json::to_vec_pretty(self).expect("stages serialise");
+        json.push(b'\n');
+        Ok(write_atomic(path, &json)?)
+    }
+}
+
+fn sha256_json(value: &impl Serialize) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(value).expect("inputs serialise"),
+    ))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// Runs phase 1B. Blocking; starts its own async runtime for the labelling calls.
+pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
+    let run_dir = &config.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+    let stages_path = run_dir.join("stages.json");
+    let mut stages = Stages::load(&stages_path);
+
+    // 1. The test set.
+    let started = Instant::now();
+    let testset_config = config.testset.resolve();
+    let testset_inputs = sha256_json(&serde_json::json!({
+        "size": testset_config.size, "seed": testset_config.seed,
+        "holdout_percent": testset_config.holdout_percent, "families": testset_config.families,
+        "ngram": testset_config.ngram,
+    }));
+    let (items, manifest) = if stages.is_current("testset", &testset_inputs)
+        && run_dir.join("testset.jsonl").exists()
+    {
+        let (items, manifest) = read_testset(run_dir)?;
+        tracing::info!("test set: {} items (unchanged, reused)", items.len());
+        (items, manifest)
+    } else {
+        tracing::info!("building the test set ({} items)", testset_config.size);
+        let (items, manifest) = build_testset(&testset_config)?;
+        write_testset(run_dir, &items, &manifest)?;
+        stages.record(&stages_path, "testset", testset_inputs, started)?;
+        tracing::info!(
+            "test set: {} items in {} families, {} dropped for benchmark overlap ({:.1} s)",
+            items.len(),
+            manifest.families.len(),
+            manifest.leakage.dropped.values().sum::<usize>(),
+            started.elapsed().as_secs_f64()
+        );
+        (items, manifest)
+    };
+
+    // 2. Run and grade (resumes from results.jsonl).
+    let started = Instant::now();
+    let precision = config
+        .model
+        .precision
+        .as_deref()
+        .map(str::parse::<Precision>)
+        .transpose()
+        .map_err(|error| Error::Config {
+            field: "model.precision".into(),
+            message: error.to_string(),
+        })?;
+    let device = select_device(&config.model.device, precision).map_err(model_error)?;
+    let results_path = run_dir.join("results.jsonl");
+    let records = {
+        tracing::info!("loading {}", config.model.path.display());
+        let pretrained =
+            Pretrained::load(&config.model.path, &device).map_err(|error| Error::Config {
+                field: "model.path".into(),
+                message: format!("{}: {error}", config.model.path.display()),
+            })?;
+        let model = LocalModel::new(
+            config.model.path.display().to_string(),
+            pretrained,
+            config.run.batch_size,
+        );
+        run_items(&model, &items, &results_path, &config.run)?
+    };
+    let run_seconds = started.elapsed().as_secs_f64();
+
+    // 3-5. Failures → patterns → labels → holdout membership, skipped when unchanged.
+    let patterns_inputs = sha256_json(&serde_json::json!({
+        "results": sha256_file(&results_path)?,
+        "testset": manifest.testset_sha256,
+        "patterns": config.patterns,
+        "labels": config.labels,
+        "embedding_model": config.embedding_model,
+    }));
+    let (failures, clusters, assignments, membership, labels, map_svg) = if stages
+        .is_current("patterns", &patterns_inputs)
+        && run_dir.join("report.json").exists()
+    {
+        tracing::info!("failure patterns: inputs unchanged, reusing the clusters");
+        let previous: Phase1bReport = serde_json::from_slice(
+            &std::fs::read(run_dir.join("report.json")).map_err(io_error(run_dir))?,
+        )
+        .map_err(|error| Error::Config {
+            field: run_dir.join("report.json").display().to_string(),
+            message: error.to_string(),
+        })?;
+        (
+            read_jsonl::<FailureRecord>(run_dir.join("failures.jsonl"))?,
+            read_jsonl::<ClusterRecord>(run_dir.join("clusters.jsonl"))?,
+            read_jsonl::<ClusterAssignment>(run_dir.join("assignments.jsonl"))?,
+            read_jsonl::<HoldoutMembership>(run_dir.join("holdout_membership.jsonl"))?,
+            previous.labels,
+            previous.map_svg,
+        )
+    } else {
+        let started = Instant::now();
+        let encoder = SentenceEncoder::load(
+            &config.embedding_model,
+            &embeddings::burn::tensor::Device::flex(),
+        )
+        .map_err(|error| Error::Config {
+            field: "embedding_model".into(),
+            message: format!("{}: {error}", config.embedding_model.display()),
+        })?;
+        let failures: Vec<FailureRecord> = mine_failures(&items, &records, &config.patterns)
+            .into_iter()
+            .map(|(failure, _)| failure)
+            .collect();
+        tracing::info!(
+            "{} failures on the mine split; embedding and clustering",
+            failures.len()
+        );
+        let (patterns, membership, labels) = with_chat_client(config, async |client| {
+            let mut failures = failures;
+            if config.patterns.describe_failures {
+                let Some(client) = &client else {
+                    return Err(Error::Config {
+                        field: "patterns.describe_failures".into(),
+                        message: "needs a model: set labels.labeller to serve or endpoint".into(),
+                    });
+                };
+                describe_failures(client, &mut failures).await;
+            }
+            let mut patterns = find_patterns(&encoder, failures, &config.patterns)?;
+            let membership =
+                holdout_membership(&encoder, &patterns, &items, &records, &config.patterns)?;
+            let labeller = client.map(ChatClusterLabeller::new);
+            let labels = label_patterns(labeller.as_ref(), &mut patterns.analysis.clusters).await;
+            Ok((patterns, membership, labels))
+        })?;
+        let map_svg =
+            clustering::report::render_svg(&patterns.analysis.map, &patterns.analysis.clusters);
+        write_jsonl_atomic(run_dir.join("failures.jsonl"), &patterns.failures)?;
+        write_jsonl_atomic(run_dir.join("clusters.jsonl"), &patterns.analysis.clusters)?;
+        write_jsonl_atomic(
+            run_dir.join("assignments.jsonl"),
+            &patterns.analysis.assignments,
+        )?;
+        write_jsonl_atomic(run_dir.join("holdout_membership.jsonl"), &membership)?;
+        // The clustering crate's own report (k selection, stability, the map) beside ours.
+        patterns
+            .analysis
+            .write(&run_dir.join("clustering"), "Phase 1B failure clusters")?;
+        stages.record(&stages_path, "patterns", patterns_inputs, started)?;
+        (
+            patterns.failures,
+            patterns.analysis.clusters,
+            patterns.analysis.assignments,
+            membership,
+            labels,
+            map_svg,
+        )
+    };
+
+    let report = Phase1bReport::new(
+        config,
+        &manifest,
+        &items,
+        &records,
+        &failures,
+        &clusters,
+        &assignments,
+        &membership,
+        labels.clone(),
+        map_svg,
+        run_seconds,
+    );
+    let (report_markdown, report_html) = write_report(run_dir, &report)?;
+    Ok(Phase1bOutcome {
+        run_dir: run_dir.clone(),
+        items: items.len(),
+        failures: failures.len(),
+        clusters,
+        labels,
+        report_markdown,
+        report_html,
+    })
+}
+
+fn model_error(error: llama::Error) -> Error {
+    Error::Config {
+        field: "model.device".into(),
+        message: error.to_string(),
+    }
+}
+
+/// Runs `work` with a chat client for the configured labeller: `serve` is started before and
+/// stopped after (also when `work` fails); `keywords` gives no client. A labeller that cannot
+/// start (serve fails to load, an endpoint without its key) is an error before any work.
+fn with_chat_client<T>(
+    config: &Phase1bConfig,
+    work: impl AsyncFnOnce(Option<LlmClient>) -> Result<T>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(io_error(&config.run_dir))?;
+    let client_error = |error: llm_client::Error| Error::Config {
+        field: "labels".into(),
+        message: error.to_string(),
+    };
+    let client = |endpoint: Endpoint| {
+        let mut client_config =
+            ClientConfig::new(endpoint, config.run_dir.join("llm-ledger.sqlite"));
+        client_config.budget_usd = config.labels.budget_usd;
+        // serve answers one request at a time on the CPU; a long answer must not time out.
+        client_config.timeout = std::time::Duration::from_secs(300);
+        LlmClient::new(client_config).map_err(client_error)
+    };
+    match config.labels.labeller.as_str() {
+        "keywords" => runtime.block_on(work(None)),
+        "serve" => runtime.block_on(async {
+            let binary = ServeOptions::locate_binary().map_err(client_error)?;
+            let model = config
+                .labels
+                .serve_model
+                .clone()
+                .unwrap_or_else(|| config.model.path.clone());
+            let mut options = ServeOptions::new(binary, model);
+            options.device = config.model.device.clone();
+            let serve = ServeProcess::start(options).await.map_err(client_error)?;
+            let outcome = match client(serve.endpoint()) {
+                Ok(client) => work(Some(client)).await,
+                Err(error) => Err(error),
+            };
+            serve.stop().map_err(client_error)?;
+            outcome
+        }),
+        "endpoint" => {
+            let endpoint = Endpoint::resolve(&config.labels.endpoint).map_err(client_error)?;
+            let client = client(endpoint)?;
+            runtime.block_on(work(Some(client)))
+        }
+        other => Err(Error::Config {
+            field: "labels.labeller".into(),
+            message: format!("unknown `{other}` (accepted: serve, endpoint, keywords)"),
+        }),
+    }
+}
+
+/// Asks the model for a one-line description of each failure (what skill failed and how) and
+/// embeds that instead of the composed text. A failure whose description fails keeps its
+/// composed text and `description: None`; the count is logged.
+async fn describe_failures(client: &LlmClient, failures: &mut [FailureRecord]) {
+    let requests: Vec<ChatRequest> = failures
+        .iter()
+        .map(|failure| {
+            let mut request = ChatRequest::user(format!(
+                "A model answered this task wrongly. In one line of at most 20 words, say which \
+                 skill failed and how (e.g. \"Adds days across a month end without carrying into \
+                 the next month\"). Reply with the line only.\n\n{}",
+                failure.embedded_text
+            ))
+            .with_max_tokens(48);
+            request.temperature = Some(0.0);
+            request.seed = Some(0);
+            request
+        })
+        .collect();
+    let report = client.chat_batch(requests, Progress::Auto).await;
+    let mut failed = 0;
+    for (failure, result) in failures.iter_mut().zip(report.results) {
+        let line = result.ok().and_then(|answer| {
+            answer
+                .content
+                .lines()
+                .map(str::trim)
+                .find(|line| !line.is_empty())
+                .map(str::to_string)
+        });
+        match line {
+            Some(line) => {
+                failure.embedded_text = line.clone();
+                failure.description = Some(line);
+            }
+            None => failed += 1,
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(
+            "{failed} of {} failure descriptions failed; those failures are embedded as composed text",
+            failures.len()
+        );
+    }
+}
+
+/// The items of `items` the report shows, by id.
+pub(crate) fn index_items(items: &[TestItem]) -> BTreeMap<&str, &TestItem> {
+    items.iter().map(|item| (item.id.as_str(), item)).collect()
+}
+
+/// The records of `records`, by item id.
+pub(crate) fn index_records(records: &[EvalRecord]) -> BTreeMap<&str, &EvalRecord> {
+    records
+        .iter()
+        .map(|record| (record.item_id.as_str(), record))
+        .collect()
+}

@@ -1,0 +1,501 @@
+//! The phase 1B report: `report.md`, a self-contained `report.html` (inline SVG, no external
+//! files) and `report.json` (the same facts, for the loop's combined report). Every section is
+//! built once as tables and rendered twice, so the two files cannot disagree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use benchmarks::stats::summarize;
+use records::clusters::{ClusterAssignment, ClusterRecord};
+use records::eval::EvalRecord;
+use records::jsonl::write_atomic;
+use records::mining::{FailureRecord, HoldoutMembership, Split, TestItem, TestSetManifest};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::patterns::LabelOutcome;
+use crate::phase::{Phase1bConfig, index_items, index_records};
+
+/// One family's results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FamilyRow {
+    pub family: String,
+    pub items: usize,
+    pub failed: usize,
+    pub failure_rate: f64,
+    /// Bootstrap 95% interval of the failure rate.
+    pub ci95: [f64; 2],
+    pub mine: usize,
+    pub holdout: usize,
+}
+
+/// One failure pattern as the report shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PatternRow {
+    pub id: usize,
+    pub name: String,
+    pub description: String,
+    pub labelled_by: String,
+    pub size: usize,
+    pub share: f64,
+    pub keywords: Vec<String>,
+    /// Families of the members, most frequent first, with counts.
+    pub families: Vec<(String, usize)>,
+    /// Up to three members: (question, the model's answer, the right answer).
+    pub examples: Vec<(String, String, String)>,
+    /// Holdout items placed in this pattern, and how many of them the model failed.
+    pub holdout_items: usize,
+    pub holdout_failed: usize,
+}
+
+/// Everything in the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase1bReport {
+    pub model: String,
+    pub items: usize,
+    pub mine_items: usize,
+    pub holdout_items: usize,
+    pub failures_mined: usize,
+    pub run_seconds: f64,
+    pub families: Vec<FamilyRow>,
+    pub patterns: Vec<PatternRow>,
+    /// Holdout items near no pattern.
+    pub holdout_other: usize,
+    pub truncated_texts: usize,
+    pub labels: LabelOutcome,
+    pub manifest: TestSetManifest,
+    pub map_svg: String,
+}
+
+impl Phase1bReport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &Phase1bConfig,
+        manifest: &TestSetManifest,
+        items: &[TestItem],
+        records: &[EvalRecord],
+        failures: &[FailureRecord],
+        clusters: &[ClusterRecord],
+        assignments: &[ClusterAssignment],
+        membership: &[HoldoutMembership],
+        labels: LabelOutcome,
+        map_svg: String,
+        run_seconds: f64,
+    ) -> Self {
+        let by_record = index_records(records);
+        let by_item = index_items(items);
+        let mut per_family: BTreeMap<&str, (Vec<f64>, usize, usize)> = BTreeMap::new();
+        for item in items {
+            let entry = per_family.entry(item.family.as_str()).or_default();
+            if let Some(record) = by_record.get(item.id.as_str()) {
+                entry.0.push(f64::from(u8::from(!record.correct)));
+            }
+            match item.split {
+                Split::Mine => entry.1 += 1,
+                Split::Holdout => entry.2 += 1,
+            }
+        }
+        let families = per_family
+            .into_iter()
+            .map(|(family, (failed, mine, holdout))| {
+                let summary = summarize(&failed, manifest.seed);
+                FamilyRow {
+                    family: family.to_string(),
+                    items: failed.len(),
+                    failed: failed.iter().filter(|&&f| f > 0.0).count(),
+                    failure_rate: summary.mean,
+                    ci95: summary.ci95,
+                    mine,
+                    holdout,
+                }
+            })
+            .collect();
+        let failure_by_id: BTreeMap<&str, &FailureRecord> = failures
+            .iter()
+            .map(|failure| (failure.item_id.as_str(), failure))
+            .collect();
+        let patterns = clusters
+            .iter()
+            .map(|cluster| {
+                let mut family_counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for assignment in assignments.iter().filter(|a| a.cluster == cluster.id) {
+                    if let Some(item) = by_item.get(assignment.item_id.as_str()) {
+                        *family_counts.entry(item.family.as_str()).or_default() += 1;
+                    }
+                }
+                let mut families: Vec<(String, usize)> = family_counts
+                    .into_iter()
+                    .map(|(family, count)| (family.to_string(), count))
+                    .collect();
+                families.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let examples = cluster
+                    .representatives
+                    .iter()
+                    .filter_map(|member| failure_by_id.get(member.id.as_str()))
+                    .take(3)
+                    .map(|failure| {
+                        (
+                            clip(&failure.question, 220),
+                            clip(failure.extracted.as_deref().unwrap_or(&failure.output), 120),
+                            clip(&failure.gold, 120),
+                        )
+                    })
+                    .collect();
+                let members: Vec<&HoldoutMembership> = membership
+                    .iter()
+                    .filter(|m| m.cluster == Some(cluster.id))
+                    .collect();
+                let label =
+                    cluster
+                        .label
+                        .clone()
+                        .unwrap_or_else(|| records::clusters::ClusterLabel {
+                            name: format!("cluster {}", cluster.id),
+                            description: String::new(),
+                            labelled_by: "unlabelled".into(),
+                        });
+                PatternRow {
+                    id: cluster.id,
+                    name: label.name,
+                    description: label.description,
+                    labelled_by: label.labelled_by,
+                    size: cluster.size,
+                    share: cluster.share,
+                    keywords: cluster
+                        .keywords
+                        .iter()
+                        .take(8)
+                        .map(|k| k.term.clone())
+                        .collect(),
+                    families,
+                    examples,
+                    holdout_items: members.len(),
+                    holdout_failed: members.iter().filter(|m| !m.correct).count(),
+                }
+            })
+            .collect();
+        Self {
+            model: config.model.path.display().to_string(),
+            items: items.len(),
+            mine_items: items.iter().filter(|i| i.split == Split::Mine).count(),
+            holdout_items: items.iter().filter(|i| i.split == Split::Holdout).count(),
+            failures_mined: failures.len(),
+            run_seconds,
+            families,
+            patterns,
+            holdout_other: membership.iter().filter(|m| m.cluster.is_none()).count(),
+            truncated_texts: failures.iter().filter(|f| f.truncated).count(),
+            labels,
+            manifest: manifest.clone(),
+            map_svg,
+        }
+    }
+
+    /// The report as sections of paragraphs and tables, rendered by both writers.
+    fn sections(&self) -> Vec<Section> {
+        let mut sections = Vec::new();
+        let overall_failed: usize = self.families.iter().map(|f| f.failed).sum();
+        let overall_items: usize = self.families.iter().map(|f| f.items).sum();
+        sections.push(Section {
+            title: "Summary".into(),
+            paragraphs: vec![format!(
+                "Model `{}` on {} items ({} mine, {} holdout; {} families), {} failed \
+                 ({:.1}%). {} failures on the mine split were clustered into {} patterns. \
+                 Running and grading took {:.0} s.",
+                self.model,
+                self.items,
+                self.mine_items,
+                self.holdout_items,
+                self.families.len(),
+                overall_failed,
+                100.0 * overall_failed as f64 / overall_items.max(1) as f64,
+                self.failures_mined,
+                self.patterns.len(),
+                self.run_seconds
+            )],
+            table: None,
+        });
+        sections.push(Section {
+            title: "Failure rate per family".into(),
+            paragraphs: vec![
+                "All items of each family, both splits; 95% bootstrap intervals.".into(),
+            ],
+            table: Some(Table {
+                headers: vec![
+                    "family".into(),
+                    "items".into(),
+                    "failed".into(),
+                    "failure rate".into(),
+                    "95% CI".into(),
+                    "mine / holdout".into(),
+                ],
+                rows: self
+                    .families
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.family.clone(),
+                            f.items.to_string(),
+                            f.failed.to_string(),
+                            format!("{:.3}", f.failure_rate),
+                            format!("[{:.3}, {:.3}]", f.ci95[0], f.ci95[1]),
+                            format!("{} / {}", f.mine, f.holdout),
+                        ]
+                    })
+                    .collect(),
+            }),
+        });
+        let mut pattern_notes = vec![format!(
+            "{} of {} holdout items are near no pattern (\"other\"). {} embedded texts filled the \
+             encoder's window and may have been cut.",
+            self.holdout_other, self.holdout_items, self.truncated_texts
+        )];
+        if !self.labels.fallbacks.is_empty() {
+            pattern_notes.push(format!(
+                "{} of {} patterns carry keyword labels (`keyword-fallback`), not LLM names: {}",
+                self.labels.fallbacks.len(),
+                self.patterns.len(),
+                self.labels
+                    .fallbacks
+                    .iter()
+                    .map(|(id, why)| format!("pattern {id}: {}", clip(why, 160)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        sections.push(Section {
+            title: "Failure patterns".into(),
+            paragraphs: pattern_notes,
+            table: Some(Table {
+                headers: vec![
+                    "id".into(),
+                    "pattern".into(),
+                    "labelled by".into(),
+                    "failures".into(),
+                    "share".into(),
+                    "families".into(),
+                    "keywords".into(),
+                    "holdout items (failed)".into(),
+                ],
+                rows: self
+                    .patterns
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.to_string(),
+                            format!("{}: {}", p.name, p.description),
+                            p.labelled_by.clone(),
+                            p.size.to_string(),
+                            format!("{:.1}%", 100.0 * p.share),
+                            p.families
+                                .iter()
+                                .take(3)
+                                .map(|(family, count)| format!("{family} {count}"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            p.keywords.join(", "),
+                            format!("{} ({})", p.holdout_items, p.holdout_failed),
+                        ]
+                    })
+                    .collect(),
+            }),
+        });
+        for pattern in &self.patterns {
+            sections.push(Section {
+                title: format!("Pattern {}: {}", pattern.id, pattern.name),
+                paragraphs: vec![pattern.description.clone()],
+                table: Some(Table {
+                    headers: vec![
+                        "question".into(),
+                        "model answered".into(),
+                        "right answer".into(),
+                    ],
+                    rows: pattern
+                        .examples
+                        .iter()
+                        .map(|(q, a, g)| vec![q.clone(), a.clone(), g.clone()])
+                        .collect(),
+                }),
+            });
+        }
+        let leakage = &self.manifest.leakage;
+        let mut rows: Vec<Vec<String>> = leakage
+            .reference_ngrams
+            .iter()
+            .map(|(benchmark, grams)| {
+                vec![
+                    benchmark.clone(),
+                    grams.to_string(),
+                    leakage
+                        .dropped
+                        .get(benchmark)
+                        .copied()
+                        .unwrap_or(0)
+                        .to_string(),
+                ]
+            })
+            .collect();
+        rows.sort();
+        let mut paragraphs = vec![format!(
+            "Every item was checked for a shared {}-gram with the validation benchmarks; \
+             overlapping items were dropped before sampling.",
+            leakage.ngram
+        )];
+        paragraphs.extend(leakage.examples.iter().map(|e| format!("Dropped: {e}")));
+        paragraphs.extend(self.manifest.notes.iter().cloned());
+        sections.push(Section {
+            title: "Leakage and test set".into(),
+            paragraphs,
+            table: Some(Table {
+                headers: vec![
+                    "benchmark".into(),
+                    "reference n-grams".into(),
+                    "items dropped".into(),
+                ],
+                rows,
+            }),
+        });
+        sections
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("# Phase 1B: failure patterns\n");
+        for section in self.sections() {
+            out.push_str(&format!("\n## {}\n\n", section.title));
+            for paragraph in &section.paragraphs {
+                out.push_str(paragraph);
+                out.push_str("\n\n");
+            }
+            if let Some(table) = &section.table {
+                out.push_str(&table.markdown());
+            }
+            if section.title == "Failure patterns" {
+                out.push_str("\n![cluster map](clustering/clusters_map.svg)\n");
+            }
+        }
+        out
+    }
+
+    pub fn html(&self) -> String {
+        let mut out = String::from(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>Phase 1B: failure patterns</title><style>\
+             body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
+             table{border-collapse:collapse;margin:1em 0;font-size:14px}\
+             th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}\
+             th{background:#f3f3f3}svg{max-width:100%;height:auto}\
+             </style></head><body>\n<h1>Phase 1B: failure patterns</h1>\n",
+        );
+        for section in self.sections() {
+            out.push_str(&format!("<h2>{}</h2>\n", escape(&section.title)));
+            for paragraph in &section.paragraphs {
+                out.push_str(&format!("<p>{}</p>\n", escape(paragraph)));
+            }
+            if let Some(table) = &section.table {
+                out.push_str(&table.html());
+            }
+            if section.title == "Failure patterns" {
+                out.push_str(&self.map_svg);
+                out.push('\n');
+            }
+        }
+        out.push_str("</body></html>\n");
+        out
+    }
+}
+
+struct Section {
+    title: String,
+    paragraphs: Vec<String>,
+    table: Option<Table>,
+}
+
+/// A table, rendered as Markdown or HTML.
+struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn markdown(&self) -> String {
+        let cell = |text: &str| text.replace('|', "\\|").replace('\n', " ");
+        let mut out = format!(
+            "| {} |\n|{}|\n",
+            self.headers
+                .iter()
+                .map(|h| cell(h))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            vec!["---"; self.headers.len()].join("|")
+        );
+        for row in &self.rows {
+            out.push_str(&format!(
+                "| {} |\n",
+                row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        out
+    }
+
+    fn html(&self) -> String {
+        let mut out = String::from("<table><thead><tr>");
+        for header in &self.headers {
+            out.push_str(&format!("<th>{}</th>", escape(header)));
+        }
+        out.push_str("</tr></thead><tbody>\n");
+        for row in &self.rows {
+            out.push_str("<tr>");
+            for cell in row {
+                out.push_str(&format!("<td>{}</td>", escape(cell)));
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</tbody></table>\n");
+        out
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn clip(text: &str, chars: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+/// Writes `report.md`, `report.html` and `report.json` into `dir`; returns the first two paths.
+pub fn write_report(dir: &Path, report: &Phase1bReport) -> Result<(PathBuf, PathBuf)> {
+    let markdown = dir.join("report.md");
+    let html = dir.join("report.html");
+    write_atomic(&markdown, report.markdown().as_bytes())?;
+    write_atomic(&html, report.html().as_bytes())?;
+    let mut json = serde_json::to_vec_pretty(report).expect("the report serialises");
+    json.push(b'\n');
+    write_atomic(dir.join("report.json"), &json)?;
+    Ok((markdown, html))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_escape_for_both_renderings() {
+        let table = Table {
+            headers: vec!["a|b".into(), "c".into()],
+            rows: vec![vec!["<x> & y".into(), "two\nlines".into()]],
+        };
+        assert_eq!(
+            table.markdown(),
+            "| a\\|b | c |\n|---|---|\n| <x> & y | two lines |\n"
+        );
+        assert!(table.html().contains("<td>&lt;x&gt; &amp; y</td>"));
+    }
+}
