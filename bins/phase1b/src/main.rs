@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use failure_mining::phase::{grade_shard, prepare_testset};
 use failure_mining::{Phase1bConfig, run_phase1b};
+use lora_training::distributed::{launch, rank_device};
 
 /// The documented default configuration (`phase1b.toml`).
 const DEFAULT_CONFIG: &str = include_str!("../phase1b.toml");
@@ -26,6 +28,11 @@ struct Args {
     /// Override one configuration field, e.g. `--set testset.size=500` (repeatable; TOML values).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Grade on this many GPUs of this host: the test set is built once, then one process per
+    /// GPU (rank r on cuda:r when model.device = "cuda") grades every r-th item, and the shards
+    /// are merged into one results.jsonl before the failures are mined.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +59,19 @@ fn main() -> Result<()> {
         }
         _ => bail!("give --config FILE or --demo"),
     };
+    if let (Ok(rank), Ok(world)) = (std::env::var("RANK"), std::env::var("WORLD_SIZE")) {
+        // One rank of `--gpus N`: grade this shard, then leave the rest to the launcher.
+        let (rank, world): (usize, usize) = (rank.parse()?, world.parse()?);
+        let device = rank_device(&config.model.device);
+        let graded = grade_shard(&config, rank, world, &device)?;
+        tracing::info!("rank {rank}/{world}: {graded} items graded on {device}");
+        return Ok(());
+    }
+    if args.gpus > 1 {
+        prepare_testset(&config)?;
+        let forwarded: Vec<_> = std::env::args_os().skip(1).collect();
+        launch(args.gpus, &forwarded)?;
+    }
     let outcome = run_phase1b(&config)?;
     println!(
         "{} items, {} failures on the mine split, {} patterns ({} named by the LLM, {} keyword fallbacks)",

@@ -155,3 +155,48 @@ fn a_killed_run_resumes_to_the_results_of_an_uninterrupted_one() {
     assert!(stderr.contains("unchanged"), "{stderr}");
     assert_eq!(results(&interrupted).len(), 72);
 }
+
+#[test]
+fn two_ranks_grade_disjoint_shards_that_merge_into_the_single_process_results() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(root.path());
+    let single = root.path().join("single");
+    let output = phase1b(&model, &single).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // `--gpus 2` on the CPU: the same sharding and merge as on two GPUs.
+    let sharded = root.path().join("sharded");
+    let output = phase1b(&model, &sharded)
+        .args(["--gpus", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let shards: Vec<Vec<EvalRecord>> = (0..2)
+        .map(|rank| {
+            records::jsonl::read_jsonl(sharded.join(format!("results.rank-{rank}.jsonl"))).unwrap()
+        })
+        .collect();
+    assert_eq!(shards[0].len() + shards[1].len(), 72);
+    let first: HashSet<&str> = shards[0].iter().map(|r| r.item_id.as_str()).collect();
+    assert!(
+        shards[1]
+            .iter()
+            .all(|r| !first.contains(r.item_id.as_str())),
+        "disjoint shards"
+    );
+    assert!(stderr.contains("merged into"), "{stderr}");
+    let key = |records: Vec<EvalRecord>| {
+        let mut key: Vec<(String, String, bool)> = records
+            .into_iter()
+            .map(|r| (r.item_id, r.output, r.correct))
+            .collect();
+        key.sort();
+        key
+    };
+    assert_eq!(key(results(&sharded)), key(results(&single)));
+}

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use benchmarks::LocalModel;
+use benchmarks::record_log::RecordLog;
+use benchmarks::{
+    GenerationRequest, LanguageModel, LocalModel, Loglikelihood, LoglikelihoodRequest,
+};
 use embeddings::SentenceEncoder;
 use llama::Pretrained;
 use llama::device::{Precision, select_device};
@@ -18,7 +21,7 @@ use llm_client::{ServeOptions, ServeProcess};
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
 use records::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
-use records::mining::{FailureRecord, HoldoutMembership, TestItem};
+use records::mining::{FailureRecord, HoldoutMembership, TestItem, TestSetManifest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -206,69 +209,20 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// Runs phase 1B. Blocking; starts its own async runtime for the labelling calls.
 pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
     let run_dir = &config.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
-    let stages_path = run_dir.join("stages.json");
-    let mut stages = Stages::load(&stages_path);
 
     // 1. The test set.
-    let started = Instant::now();
-    let testset_config = config.testset.resolve();
-    let testset_inputs = sha256_json(&serde_json::json!({
-        "size": testset_config.size, "seed": testset_config.seed,
-        "holdout_percent": testset_config.holdout_percent, "families": testset_config.families,
-        "ngram": testset_config.ngram,
-    }));
-    let (items, manifest) = if stages.is_current("testset", &testset_inputs)
-        && run_dir.join("testset.jsonl").exists()
-    {
-        let (items, manifest) = read_testset(run_dir)?;
-        tracing::info!("test set: {} items (unchanged, reused)", items.len());
-        (items, manifest)
-    } else {
-        tracing::info!("building the test set ({} items)", testset_config.size);
-        let (items, manifest) = build_testset(&testset_config)?;
-        write_testset(run_dir, &items, &manifest)?;
-        stages.record(&stages_path, "testset", testset_inputs, started)?;
-        tracing::info!(
-            "test set: {} items in {} families, {} dropped for benchmark overlap ({:.1} s)",
-            items.len(),
-            manifest.families.len(),
-            manifest.leakage.dropped.values().sum::<usize>(),
-            started.elapsed().as_secs_f64()
-        );
-        (items, manifest)
-    };
+    let (items, manifest) = prepare_testset(config)?;
 
-    // 2. Run and grade (resumes from results.jsonl).
+    // 2. Run and grade (resumes from results.jsonl; folds in shards graded by `grade_shard`).
     let started = Instant::now();
-    let precision = config
-        .model
-        .precision
-        .as_deref()
-        .map(str::parse::<Precision>)
-        .transpose()
-        .map_err(|error| Error::Config {
-            field: "model.precision".into(),
-            message: error.to_string(),
-        })?;
-    let device = select_device(&config.model.device, precision).map_err(model_error)?;
     let results_path = run_dir.join("results.jsonl");
-    let records = {
-        tracing::info!("loading {}", config.model.path.display());
-        let pretrained =
-            Pretrained::load(&config.model.path, &device).map_err(|error| Error::Config {
-                field: "model.path".into(),
-                message: format!("{}: {error}", config.model.path.display()),
-            })?;
-        let model = LocalModel::new(
-            config.model.path.display().to_string(),
-            pretrained,
-            config.run.batch_size,
-        );
-        run_items(&model, &items, &results_path, &config.run)?
-    };
+    merge_shards(run_dir, &results_path)?;
+    let model = LazyLocalModel::new(config, None)?;
+    let records = run_items(&model, &items, &results_path, &config.run)?;
     let run_seconds = started.elapsed().as_secs_f64();
 
+    let stages_path = run_dir.join("stages.json");
+    let mut stages = Stages::load(&stages_path);
     // 3-5. Failures → patterns → labels → holdout membership, skipped when unchanged.
     let patterns_inputs = sha256_json(&serde_json::json!({
         "results": sha256_file(&results_path)?,
@@ -382,10 +336,169 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
     })
 }
 
-fn model_error(error: llama::Error) -> Error {
-    Error::Config {
-        field: "model.device".into(),
-        message: error.to_string(),
+/// The test set of `config`: built and written, or read back when its inputs are unchanged.
+pub fn prepare_testset(config: &Phase1bConfig) -> Result<(Vec<TestItem>, TestSetManifest)> {
+    let run_dir = &config.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+    let stages_path = run_dir.join("stages.json");
+    let mut stages = Stages::load(&stages_path);
+    let started = Instant::now();
+    let testset_config = config.testset.resolve();
+    let testset_inputs = sha256_json(&serde_json::json!({
+        "size": testset_config.size, "seed": testset_config.seed,
+        "holdout_percent": testset_config.holdout_percent, "families": testset_config.families,
+        "ngram": testset_config.ngram,
+    }));
+    if stages.is_current("testset", &testset_inputs) && run_dir.join("testset.jsonl").exists() {
+        let (items, manifest) = read_testset(run_dir)?;
+        tracing::info!("test set: {} items (unchanged, reused)", items.len());
+        return Ok((items, manifest));
+    }
+    tracing::info!("building the test set ({} items)", testset_config.size);
+    let (items, manifest) = build_testset(&testset_config)?;
+    write_testset(run_dir, &items, &manifest)?;
+    stages.record(&stages_path, "testset", testset_inputs, started)?;
+    tracing::info!(
+        "test set: {} items in {} families, {} dropped for benchmark overlap ({:.1} s)",
+        items.len(),
+        manifest.families.len(),
+        manifest.leakage.dropped.values().sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((items, manifest))
+}
+
+/// Grades rank `rank`'s share of the test set (items `i` with `i % world == rank`) into
+/// `results.rank-<rank>.jsonl`, on `device` (e.g. `cuda:<rank>`). The test set must exist
+/// ([`prepare_testset`]); [`run_phase1b`] folds the shards into `results.jsonl`.
+pub fn grade_shard(
+    config: &Phase1bConfig,
+    rank: usize,
+    world: usize,
+    device: &str,
+) -> Result<usize> {
+    let (items, _) = read_testset(&config.run_dir)?;
+    let shard: Vec<TestItem> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| index % world == rank)
+        .map(|(_, item)| item)
+        .collect();
+    let model = LazyLocalModel::new(config, Some(device))?;
+    let path = config.run_dir.join(format!("results.rank-{rank}.jsonl"));
+    Ok(run_items(&model, &shard, &path, &config.run)?.len())
+}
+
+/// Appends the records of every `results.rank-*.jsonl` in `run_dir` that `results.jsonl` lacks.
+/// The shards were written with the same model and settings as the main log (their settings
+/// files must match, or the log refuses them), so a merged run equals a single-process one.
+fn merge_shards(run_dir: &Path, results: &Path) -> Result<()> {
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .map_err(io_error(run_dir))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("results.rank-") && name.ends_with(".jsonl"))
+        })
+        .collect();
+    shards.sort();
+    for shard in shards {
+        let settings_path = shard.with_extension("config.json");
+        let settings: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&settings_path).map_err(io_error(&settings_path))?,
+        )
+        .map_err(|error| Error::Config {
+            field: settings_path.display().to_string(),
+            message: error.to_string(),
+        })?;
+        let mut log = RecordLog::open(results, &settings).map_err(boxed)?;
+        let mut added = 0;
+        for record in read_jsonl::<EvalRecord>(&shard)? {
+            if !log.contains(&record.item_id) {
+                log.append(record).map_err(boxed)?;
+                added += 1;
+            }
+        }
+        tracing::info!(
+            "{}: {added} records merged into {}",
+            shard.display(),
+            results.display()
+        );
+    }
+    Ok(())
+}
+
+fn boxed(error: benchmarks::Error) -> Error {
+    Error::Benchmark(Box::new(error))
+}
+
+/// The local model, loaded on its first call: a run whose items are all graded already (resumed,
+/// or merged from shards) never loads it.
+struct LazyLocalModel {
+    path: PathBuf,
+    device: String,
+    precision: Option<Precision>,
+    batch_size: usize,
+    model: std::sync::OnceLock<LocalModel>,
+}
+
+impl LazyLocalModel {
+    fn new(config: &Phase1bConfig, device: Option<&str>) -> Result<Self> {
+        let precision = config
+            .model
+            .precision
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()
+            .map_err(|error| Error::Config {
+                field: "model.precision".into(),
+                message: error.to_string(),
+            })?;
+        Ok(Self {
+            path: config.model.path.clone(),
+            device: device.unwrap_or(&config.model.device).to_string(),
+            precision,
+            batch_size: config.run.batch_size,
+            model: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn model(&self) -> std::result::Result<&LocalModel, benchmarks::ModelError> {
+        if let Some(model) = self.model.get() {
+            return Ok(model);
+        }
+        let device = select_device(&self.device, self.precision)?;
+        tracing::info!("loading {} on {}", self.path.display(), self.device);
+        let pretrained = Pretrained::load(&self.path, &device)
+            .map_err(|error| format!("loading {}: {error}", self.path.display()))?;
+        let model = LocalModel::new(self.path.display().to_string(), pretrained, self.batch_size);
+        Ok(self.model.get_or_init(|| model))
+    }
+}
+
+impl LanguageModel for LazyLocalModel {
+    fn name(&self) -> String {
+        // The same name the loaded model reports, so settings match before and after loading.
+        self.path.display().to_string()
+    }
+
+    fn supports_loglikelihood(&self) -> bool {
+        true
+    }
+
+    fn loglikelihood(
+        &self,
+        requests: &[LoglikelihoodRequest],
+    ) -> std::result::Result<Vec<Loglikelihood>, benchmarks::ModelError> {
+        self.model()?.loglikelihood(requests)
+    }
+
+    fn generate(
+        &self,
+        requests: &[GenerationRequest],
+    ) -> std::result::Result<Vec<String>, benchmarks::ModelError> {
+        self.model()?.generate(requests)
     }
 }
 
