@@ -7,7 +7,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::BertConfig;
 use crate::model::{Bert, mean_pool_normalize, read_f32};
-use crate::weights::SafetensorsFile;
+use crate::weights::Weights;
 use crate::{Error, Result};
 
 /// Token limit per text, `[CLS]` and `[SEP]` included.
@@ -109,7 +109,7 @@ impl SentenceEncoder {
         }
         check_pooling(&model_dir.join(POOLING_CONFIG_FILE))?;
         let tokenizer = load_tokenizer(&model_dir.join(TOKENIZER_FILE), max_seq_length)?;
-        let weights = SafetensorsFile::open(&model_dir.join(WEIGHTS_FILE))?;
+        let weights = Weights::open(model_dir)?;
         let model = Bert::load(&config, &weights, device)?;
         Ok(Self {
             model,
