@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::BertConfig;
@@ -192,10 +193,10 @@ impl SentenceEncoder {
         &self.dir
     }
 
-    /// Token ids per text (`[CLS] … [SEP]`, truncated, unpadded).
-    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+    /// Token ids per text (`[CLS] … [SEP]`, truncated, unpadded), texts in parallel.
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
         texts
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(index, text)| {
                 self.tokenizer
@@ -210,12 +211,16 @@ impl SentenceEncoder {
     }
 
     /// Embeds `texts`, `batch_size` texts per forward pass.
-    pub fn encode<S: AsRef<str>>(&self, texts: &[S], batch_size: usize) -> Result<Embeddings> {
+    pub fn encode<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        batch_size: usize,
+    ) -> Result<Embeddings> {
         self.encode_with_progress(texts, batch_size, |_, _| {})
     }
 
     /// As [`Self::encode`], calling `progress(done, total)` after each batch.
-    pub fn encode_with_progress<S: AsRef<str>>(
+    pub fn encode_with_progress<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         batch_size: usize,
