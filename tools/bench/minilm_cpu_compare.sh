@@ -8,7 +8,8 @@
 # Environment: PYTHON (with torch + sentence-transformers; default python3), ROUNDS (3),
 # THREADS (2: RAYON_NUM_THREADS for Rust, torch.set_num_threads for Python), SENTENCES (2000),
 # BATCH_SIZES (16,32,64), BURN=1 to also time the burn-tensor path (`--burn`, the CPU path
-# before the host kernels), TUNELOOP_ASSETS (default assets), PROFILE (release).
+# before the host kernels), TUNELOOP_ASSETS (default assets), PROFILE (dev: the workspace builds this crate and its
+# dependencies at opt-level 3 there, so it runs the same kernels as release).
 # Build it first without timing pressure (`nice -n 10` is fine there); the timed runs are not niced.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,7 @@ threads=${THREADS:-2}
 sentences=${SENTENCES:-2000}
 batch_sizes=${BATCH_SIZES:-16,32,64}
 assets=${TUNELOOP_ASSETS:-assets}
-profile=${PROFILE:-release}
+profile=${PROFILE:-dev}
 target=${CARGO_TARGET_DIR:-target}
 
 nice -n 10 cargo build --quiet --profile "$profile" -p embeddings --example throughput
