@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sentence_transformers
 import torch
 from sentence_transformers import SentenceTransformer
 
@@ -38,7 +39,7 @@ def main() -> None:
     sentences = json.loads(args.sentences.read_text())
     model = SentenceTransformer(str(args.model_dir), device=args.device)
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+        f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
         f"max_seq_length {model.max_seq_length}, {len(sentences)} sentences"
     )
     model.encode(sentences[:64], batch_size=32)  # warm-up

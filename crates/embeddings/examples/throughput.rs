@@ -4,7 +4,8 @@
 //! RAYON_NUM_THREADS=2 cargo run -p embeddings --example throughput -- \
 //!     [--sentences 2000] [--batch-sizes 16,32,64] [--repeats 1] \
 //!     [--model-dir assets/all-minilm-l6-v2] [--pool-dir assets/data/pool] \
-//!     [--dump-sentences FILE] [--dump-embeddings FILE] [--device flex|cuda] [--compare-cpu]
+//!     [--dump-sentences FILE] [--dump-embeddings FILE] [--device flex|cuda] [--compare-cpu] \
+//!     [--burn]
 //! ```
 //!
 //! Sentences are taken round-robin from the pool files (the first text field of each line
@@ -13,7 +14,9 @@
 //! writes them (JSON array) for the sentence-transformers comparison script; `--dump-embeddings`
 //! writes the batch-32 embeddings (little-endian f32, row-major) for a parity check there.
 //! `--device cuda` (feature `tch`) runs on LibTorch GPU 0; `--compare-cpu` also runs the flex CPU
-//! backend and prints the worst cosine between the two.
+//! backend and prints the worst cosine between the two. `--burn` runs the model as burn tensors
+//! even on `flex` (the CPU path before the host kernels), for a before/after comparison.
+//! tools/bench/minilm_cpu_compare.sh runs this and sentence-transformers alternately.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -43,6 +46,7 @@ struct Args {
     dump_embeddings: Option<PathBuf>,
     device: String,
     compare_cpu: bool,
+    burn: bool,
 }
 
 fn parse_args() -> Result<Args, Box<dyn Error>> {
@@ -56,11 +60,16 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
         dump_embeddings: None,
         device: "flex".to_string(),
         compare_cpu: false,
+        burn: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--compare-cpu" {
             args.compare_cpu = true;
+            continue;
+        }
+        if flag == "--burn" {
+            args.burn = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -139,11 +148,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let device = device(&args.device)?;
     let start = Instant::now();
-    let encoder = SentenceEncoder::load(&args.model_dir, &device)?;
+    let encoder = if args.burn {
+        SentenceEncoder::load_burn(&args.model_dir, &device)?
+    } else {
+        SentenceEncoder::load(&args.model_dir, &device)?
+    };
     println!(
-        "device {:?}, mask polarity {:?}, rayon threads {}, load {:.2}s",
+        "device {:?}, {}, rayon threads {}, load {:.2}s",
         device,
-        encoder.model().mask_polarity(),
+        encoder.implementation(),
         rayon::current_num_threads(),
         start.elapsed().as_secs_f64()
     );

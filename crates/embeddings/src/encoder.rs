@@ -3,11 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::BertConfig;
+use crate::cpu::CpuBert;
+use crate::kernels::Kernel;
 use crate::model::{Bert, mean_pool_normalize, read_f32};
-use crate::weights::SafetensorsFile;
+use crate::weights::Weights;
 use crate::{Error, Result};
 
 /// Token limit per text, `[CLS]` and `[SEP]` included.
@@ -72,10 +75,27 @@ struct PoolingConfig {
     pooling_mode_mean_sqrt_len_tokens: bool,
 }
 
+/// What runs the model.
+#[derive(Debug)]
+// One per encoder, never moved in a loop: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    /// The host kernels of [`crate::cpu`]: the CPU path (`Device::flex()`).
+    Cpu(CpuBert),
+    /// burn tensors on a device: a LibTorch GPU, or flex through [`SentenceEncoder::load_burn`].
+    Burn(Bert),
+}
+
 /// A sentence-transformers BERT model (all-MiniLM-L6-v2 and its kin) on a burn device.
+///
+/// On the CPU (`Device::flex()`) the model runs on this crate's own kernels (packed batches,
+/// no padding; several times faster than burn's flex ops at this model's shapes, see
+/// docs/benchmarks.md); on any other device it runs as burn tensors. Both agree with the numpy reference
+/// (`tests/golden.rs`).
 #[derive(Debug)]
 pub struct SentenceEncoder {
-    model: Bert,
+    engine: Engine,
+    config: BertConfig,
     tokenizer: Tokenizer,
     max_seq_length: usize,
     dir: PathBuf,
@@ -95,6 +115,21 @@ impl SentenceEncoder {
         device: &Device,
         max_seq_length: usize,
     ) -> Result<Self> {
+        Self::load_on(model_dir, device, max_seq_length, is_cpu(device))
+    }
+
+    /// As [`Self::load`], but always as burn tensors on `device`, also on `Device::flex()`
+    /// (to cross-check the CPU kernels against burn, or to compare their speed).
+    pub fn load_burn(model_dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_on(model_dir, device, DEFAULT_MAX_SEQ_LENGTH, false)
+    }
+
+    fn load_on(
+        model_dir: &Path,
+        device: &Device,
+        max_seq_length: usize,
+        host_kernels: bool,
+    ) -> Result<Self> {
         let config_path = model_dir.join(CONFIG_FILE);
         let config = BertConfig::from_file(&config_path)?;
         if !(3..=config.max_position_embeddings).contains(&max_seq_length) {
@@ -109,22 +144,45 @@ impl SentenceEncoder {
         }
         check_pooling(&model_dir.join(POOLING_CONFIG_FILE))?;
         let tokenizer = load_tokenizer(&model_dir.join(TOKENIZER_FILE), max_seq_length)?;
-        let weights = SafetensorsFile::open(&model_dir.join(WEIGHTS_FILE))?;
-        let model = Bert::load(&config, &weights, device)?;
+        let weights = Weights::open(model_dir)?;
+        let engine = if host_kernels {
+            Engine::Cpu(CpuBert::load(&config, &weights)?)
+        } else {
+            Engine::Burn(Bert::load(&config, &weights, device)?)
+        };
         Ok(Self {
-            model,
+            engine,
+            config,
             tokenizer,
             max_seq_length,
             dir: model_dir.to_path_buf(),
         })
     }
 
-    pub fn model(&self) -> &Bert {
-        &self.model
+    /// The burn model, when the encoder runs as burn tensors (not on the CPU kernels).
+    pub fn model(&self) -> Option<&Bert> {
+        match &self.engine {
+            Engine::Burn(model) => Some(model),
+            Engine::Cpu(_) => None,
+        }
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// What runs the model, for logs and benchmark tables.
+    pub fn implementation(&self) -> &'static str {
+        match (&self.engine, Kernel::detect()) {
+            (Engine::Burn(_), _) => "burn tensors",
+            #[cfg(target_arch = "x86_64")]
+            (Engine::Cpu(_), Kernel::Avx2Fma) => "CPU kernels (AVX2+FMA)",
+            (Engine::Cpu(_), _) => "CPU kernels (portable)",
+        }
     }
 
     pub fn dim(&self) -> usize {
-        self.model.config().hidden_size
+        self.config.hidden_size
     }
 
     pub fn max_seq_length(&self) -> usize {
@@ -135,10 +193,10 @@ impl SentenceEncoder {
         &self.dir
     }
 
-    /// Token ids per text (`[CLS] … [SEP]`, truncated, unpadded).
-    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+    /// Token ids per text (`[CLS] … [SEP]`, truncated, unpadded), texts in parallel.
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
         texts
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(index, text)| {
                 self.tokenizer
@@ -153,12 +211,16 @@ impl SentenceEncoder {
     }
 
     /// Embeds `texts`, `batch_size` texts per forward pass.
-    pub fn encode<S: AsRef<str>>(&self, texts: &[S], batch_size: usize) -> Result<Embeddings> {
+    pub fn encode<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        batch_size: usize,
+    ) -> Result<Embeddings> {
         self.encode_with_progress(texts, batch_size, |_, _| {})
     }
 
     /// As [`Self::encode`], calling `progress(done, total)` after each batch.
-    pub fn encode_with_progress<S: AsRef<str>>(
+    pub fn encode_with_progress<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         batch_size: usize,
@@ -188,7 +250,7 @@ impl SentenceEncoder {
         if batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let config = self.model.config();
+        let config = &self.config;
         for (index, ids) in sequences.iter().enumerate() {
             if ids.is_empty() || ids.len() > config.max_position_embeddings {
                 return Err(Error::InvalidSequence {
@@ -222,7 +284,10 @@ impl SentenceEncoder {
                 .iter()
                 .map(|&index| sequences[index].as_slice())
                 .collect();
-            let pooled = read_f32(self.embed_batch(&rows))?;
+            let pooled = match &self.engine {
+                Engine::Cpu(model) => model.embed(&rows),
+                Engine::Burn(model) => read_f32(embed_batch(model, &rows))?,
+            };
             for (row, &index) in batch.iter().enumerate() {
                 data[index * dim..(index + 1) * dim]
                     .copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
@@ -232,26 +297,36 @@ impl SentenceEncoder {
         }
         Ok(Embeddings { dim, data })
     }
+}
 
-    /// One right-padded forward pass → `[B, hidden]` unit vectors on the device.
-    fn embed_batch(&self, rows: &[&[u32]]) -> Tensor<2> {
-        let device = self.model.device();
-        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut tokens = vec![0i64; rows.len() * width];
-        let mut mask = vec![0i64; rows.len() * width];
-        for (row, ids) in rows.iter().enumerate() {
-            for (column, &id) in ids.iter().enumerate() {
-                tokens[row * width + column] = i64::from(id);
-                mask[row * width + column] = 1;
-            }
-        }
-        let has_padding = rows.iter().any(|r| r.len() < width);
-        let shape = [rows.len(), width];
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, shape), device);
-        let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), device);
-        let hidden = self.model.forward(tokens, mask.clone(), has_padding);
-        mean_pool_normalize(hidden, mask)
+/// Whether `device` is the CPU, where the host kernels run instead of burn's flex ops.
+fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return true;
     }
+    let _ = device;
+    false
+}
+
+/// One right-padded forward pass of the burn model → `[B, hidden]` unit vectors on its device.
+fn embed_batch(model: &Bert, rows: &[&[u32]]) -> Tensor<2> {
+    let device = model.device();
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut tokens = vec![0i64; rows.len() * width];
+    let mut mask = vec![0i64; rows.len() * width];
+    for (row, ids) in rows.iter().enumerate() {
+        for (column, &id) in ids.iter().enumerate() {
+            tokens[row * width + column] = i64::from(id);
+            mask[row * width + column] = 1;
+        }
+    }
+    let has_padding = rows.iter().any(|r| r.len() < width);
+    let shape = [rows.len(), width];
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, shape), device);
+    let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), device);
+    let hidden = model.forward(tokens, mask.clone(), has_padding);
+    mean_pool_normalize(hidden, mask)
 }
 
 fn check_pooling(path: &Path) -> Result<()> {

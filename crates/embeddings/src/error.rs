@@ -21,8 +21,9 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
-    #[error("{path}: invalid safetensors file: {message}")]
-    Safetensors { path: PathBuf, message: String },
+    /// Opening or reading the checkpoint (through llama's safetensors reader).
+    #[error("{0}")]
+    Weights(#[from] llama::Error),
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
@@ -31,12 +32,6 @@ pub enum Error {
         name: String,
         expected: Vec<usize>,
         actual: Vec<usize>,
-    },
-    #[error("{path}: tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
-    UnsupportedDType {
-        path: PathBuf,
-        name: String,
-        dtype: String,
     },
     #[error("{path}: cannot load tokenizer: {message}")]
     TokenizerLoad { path: PathBuf, message: String },

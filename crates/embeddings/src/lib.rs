@@ -17,7 +17,9 @@
 mod error;
 
 pub mod config;
+mod cpu;
 pub mod encoder;
+mod kernels;
 pub mod model;
 pub mod weights;
 

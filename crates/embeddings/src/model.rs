@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::BertConfig;
-use crate::weights::{HostTensor, SafetensorsFile};
+use crate::weights::{HostTensor, Weights};
 use crate::{Error, Result};
 
 /// `y = x·W + b` with `W` stored `[in, out]`.
@@ -102,7 +102,7 @@ pub struct Bert {
 
 impl Bert {
     /// Loads every encoder tensor from `weights` onto `device`, checking names and shapes.
-    pub fn load(config: &BertConfig, weights: &SafetensorsFile, device: &Device) -> Result<Self> {
+    pub fn load(config: &BertConfig, weights: &Weights, device: &Device) -> Result<Self> {
         let hidden = config.hidden_size;
         let to_device_2d = |t: HostTensor| {
             let shape = [t.shape[0], t.shape[1]];

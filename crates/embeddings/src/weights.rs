@@ -1,16 +1,16 @@
-//! Reads a HF `model.safetensors` through a memory map into host `f32` buffers, checking each
-//! tensor's name and shape against what the config implies.
+//! The encoder's tensors from a HF checkpoint (`model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`), read through llama's memory-mapped
+//! [`SafetensorsSource`] (each header parsed once) and checked against the shapes the config
+//! implies.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use safetensors::SafeTensors;
-use safetensors::tensor::Dtype;
+use llama::safetensors_source::{INDEX_FILE, SINGLE_FILE};
+use llama::{SafetensorsSource, TensorSource};
 
 use crate::{Error, Result};
 
-/// A host copy of one tensor, row-major.
+/// A host copy of one tensor as `f32`, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
@@ -34,110 +34,75 @@ impl HostTensor {
     }
 }
 
-/// A memory-mapped safetensors file. Tensors are converted to `f32` on request.
-pub struct SafetensorsFile {
+/// The checkpoint of one model directory.
+pub struct Weights {
+    source: SafetensorsSource,
+    /// The file errors name: `model.safetensors`, or the shard index.
     path: PathBuf,
-    mmap: Mmap,
     /// Checkpoints saved from `BertForX` heads prefix every encoder name with `bert.`.
     prefix: &'static str,
 }
 
-impl std::fmt::Debug for SafetensorsFile {
+impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile")
+        f.debug_struct("Weights")
             .field("path", &self.path)
-            .field("bytes", &self.mmap.len())
             .field("prefix", &self.prefix)
             .finish()
     }
 }
 
-impl SafetensorsFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is opened read-only and only read through this map; like every
-        // mmap-based loader we rely on nobody truncating a checkpoint while it is loaded.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut this = Self {
-            path: path.to_path_buf(),
-            mmap,
-            prefix: "",
+impl Weights {
+    /// Opens `model_dir/model.safetensors.index.json` (sharded) if present, else
+    /// `model_dir/model.safetensors`.
+    pub fn open(model_dir: &Path) -> Result<Self> {
+        let source = SafetensorsSource::open(model_dir)?;
+        let path = match model_dir.join(INDEX_FILE) {
+            index if index.exists() => index,
+            _ => model_dir.join(SINGLE_FILE),
         };
-        let names: Vec<String> = this
-            .parse()?
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let names = source.tensor_names();
         let bare = names.iter().any(|n| n.starts_with("embeddings."));
-        if !bare && names.iter().any(|n| n.starts_with("bert.embeddings.")) {
-            this.prefix = "bert.";
-        }
-        Ok(this)
+        let prefix = if !bare && names.iter().any(|n| n.starts_with("bert.embeddings.")) {
+            "bert."
+        } else {
+            ""
+        };
+        Ok(Self {
+            source,
+            path,
+            prefix,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.mmap).map_err(|error| Error::Safetensors {
-            path: self.path.clone(),
-            message: error.to_string(),
-        })
-    }
-
     /// The tensor `name` (without any `bert.` prefix) as `f32`, checked to have `expected` shape.
     pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
-        let tensors = self.parse()?;
         let full_name = format!("{}{name}", self.prefix);
-        let view = tensors
-            .tensor(&full_name)
-            .map_err(|_| Error::MissingTensor {
-                path: self.path.clone(),
-                name: full_name.clone(),
-            })?;
-        if view.shape() != expected {
+        let tensor = match self.source.tensor(&full_name) {
+            Ok(tensor) => tensor,
+            Err(llama::Error::MissingTensor { .. }) => {
+                return Err(Error::MissingTensor {
+                    path: self.path.clone(),
+                    name: full_name,
+                });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if tensor.shape != expected {
             return Err(Error::ShapeMismatch {
                 path: self.path.clone(),
                 name: full_name,
                 expected: expected.to_vec(),
-                actual: view.shape().to_vec(),
+                actual: tensor.shape.clone(),
             });
         }
-        let bytes = view.data();
-        // Safetensors data is little-endian and may sit at any alignment in the map: decode
-        // element by element rather than casting the slice.
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::UnsupportedDType {
-                    path: self.path.clone(),
-                    name: full_name,
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
         Ok(HostTensor {
             shape: expected.to_vec(),
-            data,
+            data: tensor.to_f32_vec(),
         })
     }
 }
@@ -146,7 +111,7 @@ impl SafetensorsFile {
 mod tests {
     use std::collections::HashMap;
 
-    use safetensors::tensor::TensorView;
+    use safetensors::tensor::{Dtype, TensorView};
 
     use super::*;
 
@@ -160,7 +125,7 @@ mod tests {
                 )
             })
             .collect();
-        let path = dir.join("model.safetensors");
+        let path = dir.join(SINGLE_FILE);
         safetensors::serialize_to_file(views, None, &path).unwrap();
         path
     }
@@ -180,7 +145,7 @@ mod tests {
             .iter()
             .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
             .collect();
-        let path = write(
+        write(
             dir.path(),
             &[
                 (
@@ -193,17 +158,17 @@ mod tests {
                 ("bert.embeddings.b", Dtype::BF16, vec![2], bf16),
             ],
         );
-        let file = SafetensorsFile::open(&path).unwrap();
-        let a = file.tensor("embeddings.a", &[2, 3]).unwrap();
+        let weights = Weights::open(dir.path()).unwrap();
+        let a = weights.tensor("embeddings.a", &[2, 3]).unwrap();
         assert_eq!(a.data, vec![1., 2., 3., 4., 5., 6.]);
         assert_eq!(a.transposed().data, vec![1., 4., 2., 5., 3., 6.]);
         assert_eq!(a.transposed().shape, vec![3, 2]);
         assert_eq!(
-            file.tensor("embeddings.h", &[2]).unwrap().data,
+            weights.tensor("embeddings.h", &[2]).unwrap().data,
             vec![1.5, -2.0]
         );
         assert_eq!(
-            file.tensor("embeddings.b", &[2]).unwrap().data,
+            weights.tensor("embeddings.b", &[2]).unwrap().data,
             vec![0.25, 3.0]
         );
     }
@@ -211,7 +176,7 @@ mod tests {
     #[test]
     fn errors_name_the_tensor_shape_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(
+        write(
             dir.path(),
             &[
                 ("embeddings.a", Dtype::F32, vec![2], le_f32(&[1., 2.])),
@@ -223,27 +188,40 @@ mod tests {
                 ),
             ],
         );
-        let file = SafetensorsFile::open(&path).unwrap();
+        let weights = Weights::open(dir.path()).unwrap();
 
-        let missing = file.tensor("embeddings.b", &[2]).unwrap_err().to_string();
-        assert!(missing.contains("model.safetensors"), "{missing}");
+        let missing = weights
+            .tensor("embeddings.b", &[2])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains(SINGLE_FILE), "{missing}");
         assert!(missing.contains("`embeddings.b` is missing"), "{missing}");
 
-        let shape = file.tensor("embeddings.a", &[3]).unwrap_err().to_string();
+        let shape = weights
+            .tensor("embeddings.a", &[3])
+            .unwrap_err()
+            .to_string();
         assert!(
             shape.contains("`embeddings.a` has shape [2], expected [3]"),
             "{shape}"
         );
 
-        let dtype = file.tensor("embeddings.i", &[1]).unwrap_err().to_string();
-        assert!(dtype.contains("`embeddings.i` has dtype I64"), "{dtype}");
+        let dtype = weights
+            .tensor("embeddings.i", &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            dtype.contains(SINGLE_FILE) && dtype.contains("`embeddings.i` has dtype I64"),
+            "{dtype}"
+        );
 
-        std::fs::write(
-            dir.path().join("garbage.safetensors"),
-            b"not a safetensors file",
-        )
-        .unwrap();
-        let garbage = SafetensorsFile::open(&dir.path().join("garbage.safetensors")).unwrap_err();
-        assert!(matches!(garbage, Error::Safetensors { .. }), "{garbage}");
+        let garbage = tempfile::tempdir().unwrap();
+        std::fs::write(garbage.path().join(SINGLE_FILE), b"not a safetensors file").unwrap();
+        let error = Weights::open(garbage.path()).unwrap_err();
+        assert!(
+            matches!(error, Error::Weights(llama::Error::Safetensors { .. })),
+            "{error}"
+        );
+        assert!(error.to_string().contains(SINGLE_FILE), "{error}");
     }
 }

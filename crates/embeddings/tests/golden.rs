@@ -90,6 +90,11 @@ fn token_ids_match_reference_exactly() {
 
 #[test]
 fn embeddings_match_reference() {
+    assert!(
+        encoder().implementation().starts_with("CPU kernels"),
+        "{}",
+        encoder().implementation()
+    );
     let embeddings = encoder().encode(&texts(), 7).unwrap();
     assert_eq!(embeddings.len(), golden().sentences.len());
     let mut worst_cosine = 1.0f64;
@@ -106,6 +111,26 @@ fn embeddings_match_reference() {
     assert!(worst_cosine > 1.0 - 1e-6, "worst cosine {worst_cosine}");
     assert!(worst_diff < 1e-4, "worst max abs diff {worst_diff}");
     eprintln!("worst cosine {worst_cosine:.9}, worst max abs diff {worst_diff:.2e}");
+}
+
+/// The burn-tensor path (what runs on a GPU) on flex, against the same reference: the CPU
+/// kernels replaced it on the CPU, so this keeps its model code checked in CI.
+#[test]
+fn burn_tensors_match_reference() {
+    let encoder = SentenceEncoder::load_burn(&model_dir(), &Device::flex()).unwrap();
+    assert_eq!(encoder.implementation(), "burn tensors");
+    assert!(encoder.model().is_some());
+    let embeddings = encoder.encode(&texts(), 7).unwrap();
+    let mut worst_cosine = 1.0f64;
+    for (row, sentence) in embeddings.rows().zip(&golden().sentences) {
+        worst_cosine = worst_cosine.min(cosine(row, &sentence.embedding));
+        assert!(
+            max_abs_diff(row, &sentence.embedding) < 1e-4,
+            "{:?}",
+            sentence.text
+        );
+    }
+    assert!(worst_cosine > 1.0 - 1e-6, "worst cosine {worst_cosine}");
 }
 
 #[test]
