@@ -79,7 +79,8 @@ impl Grader {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Constraint {
-    /// At most `max` words (whitespace-separated).
+    /// At most `max` words (whitespace-separated tokens with a letter or digit, so a bullet's
+    /// dash is not a word).
     MaxWords { max: usize },
     /// At least `min` words.
     MinWords { min: usize },
@@ -95,9 +96,9 @@ pub enum Constraint {
     AllLowercase,
     /// No lowercase letters.
     AllUppercase,
-    /// The reply, trimmed, ends with this phrase.
+    /// The reply, trimmed, ends with this phrase (case-insensitive, as in IFEval).
     EndsWith { phrase: String },
-    /// The reply, trimmed, starts with this phrase.
+    /// The reply, trimmed, starts with this phrase (case-insensitive, as in IFEval).
     StartsWith { phrase: String },
     /// No comma anywhere.
     NoCommas,
@@ -234,8 +235,15 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<TestItem>(&json).unwrap(), item);
-        let number: Grader = serde_json::from_str(r#"{"kind":"number","value":1000,"tolerance":0.001}"#).unwrap();
-        assert_eq!(number, Grader::Number { value: 1000.0, tolerance: 0.001 });
+        let number: Grader =
+            serde_json::from_str(r#"{"kind":"number","value":1000,"tolerance":0.001}"#).unwrap();
+        assert_eq!(
+            number,
+            Grader::Number {
+                value: 1000.0,
+                tolerance: 0.001
+            }
+        );
         assert_eq!(number.kind(), "number");
         let unknown = serde_json::from_str::<Grader>(r#"{"kind":"vibes"}"#).unwrap_err();
         assert!(unknown.to_string().contains("vibes"), "{unknown}");
