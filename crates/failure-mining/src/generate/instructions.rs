@@ -696,6 +696,55 @@ mod tests {
     }
 
     #[test]
+    fn hand_written_replies_to_generated_items() {
+        let drafts = generate("instruction_following", 4, 1).unwrap();
+        let grade = |index: usize, reply: &str| grade_reply(&drafts[index].grader, reply);
+
+        assert_eq!(
+            drafts[0].question,
+            "Explain how airplanes fly to a ten-year-old."
+        );
+        assert_eq!(
+            drafts[0].gold,
+            "at most 30 words; includes the keyword `change`"
+        );
+        let thirty = "Wings are shaped so air moves faster over the top than below. That change \
+                      in air pressure pushes the wing up while engines push the plane forward \
+                      through the sky.";
+        assert!(grade(0, thirty).correct);
+        let one_more = thirty.replace("engines push", "engines quickly push");
+        assert_eq!(
+            grade(0, &one_more).reason.as_deref(),
+            Some("31 words, at most 30 allowed")
+        );
+
+        assert_eq!(
+            drafts[1].gold,
+            "a JSON object with the keys `rating`, `tone`; all lowercase"
+        );
+        let json = "```json\n{\"rating\": \"five stars\", \"tone\": \"warm and bright\"}\n```";
+        assert!(grade(1, json).correct);
+        assert_eq!(
+            grade(1, &json.replace("warm", "Warm")).reason.as_deref(),
+            Some("not all lowercase (has `W`)")
+        );
+
+        assert_eq!(
+            drafts[3].gold,
+            "all lowercase; includes the keywords `quiet`, `careful`; starts with `let me begin`"
+        );
+        let story = "let me begin. the wizard was careful with his spells but not with time. he \
+                     reached the stop as the last bus vanished into the quiet night.";
+        assert!(grade(3, story).correct);
+        assert_eq!(
+            grade(3, &story.replace("the quiet night", "the night"))
+                .reason
+                .as_deref(),
+            Some("keyword `quiet` missing")
+        );
+    }
+
+    #[test]
     fn constraints_combine_only_where_a_reply_can_meet_them() {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let mut kinds_seen = std::collections::HashSet::new();
