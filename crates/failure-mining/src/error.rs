@@ -24,6 +24,17 @@ pub enum Error {
     },
     #[error("unknown task family `{family}` (known: {known})")]
     UnknownFamily { family: String, known: String },
+    /// A generated family could not find `requested` distinct tasks (a generator bug: every
+    /// family's space is far larger than a test set).
+    #[error(
+        "generated family `{family}` found only {distinct} distinct tasks of {requested} in {draws} draws"
+    )]
+    FamilyExhausted {
+        family: String,
+        requested: usize,
+        distinct: usize,
+        draws: usize,
+    },
     #[error("invalid configuration: {field}: {message}")]
     Config { field: String, message: String },
     #[error("the test set is empty: {0}")]

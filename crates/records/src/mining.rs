@@ -79,7 +79,8 @@ impl Grader {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Constraint {
-    /// At most `max` words (whitespace-separated).
+    /// At most `max` words (whitespace-separated tokens with a letter or digit, so a bullet's
+    /// dash is not a word).
     MaxWords { max: usize },
     /// At least `min` words.
     MinWords { min: usize },
@@ -95,9 +96,9 @@ pub enum Constraint {
     AllLowercase,
     /// No lowercase letters.
     AllUppercase,
-    /// The reply, trimmed, ends with this phrase.
+    /// The reply, trimmed, ends with this phrase (case-insensitive, as in IFEval).
     EndsWith { phrase: String },
-    /// The reply, trimmed, starts with this phrase.
+    /// The reply, trimmed, starts with this phrase (case-insensitive, as in IFEval).
     StartsWith { phrase: String },
     /// No comma anywhere.
     NoCommas,
