@@ -29,7 +29,7 @@ fn the_embedded_demo_mines_clusters_and_names_failures() {
         .arg("--demo")
         .args([
             "--set",
-            "testset.size=48",
+            "testset.size=32",
             "--set",
             "patterns.k=3",
             "--set",
@@ -52,8 +52,8 @@ fn the_embedded_demo_mines_clusters_and_names_failures() {
     let clusters: Vec<ClusterRecord> = records::jsonl::read_jsonl(read("clusters.jsonl")).unwrap();
     let membership: Vec<HoldoutMembership> =
         records::jsonl::read_jsonl(read("holdout_membership.jsonl")).unwrap();
-    assert_eq!(items.len(), 48);
-    assert_eq!(results.len(), 48);
+    assert_eq!(items.len(), 32);
+    assert_eq!(results.len(), 32);
     let mine_failed = results
         .iter()
         .filter(|r| !r.correct)

@@ -59,13 +59,19 @@ impl Progress {
         {
             self.last_log = Instant::now();
             tracing::info!(
-                "{}: {}/{} ETA {}",
+                "{}: {}/{} ({:.2} items/s) ETA {}",
                 self.label,
                 self.done,
                 self.total,
+                self.rate(),
                 format_duration(self.eta())
             );
         }
+    }
+
+    /// Items per second scored by this run (resumed items not counted).
+    pub fn rate(&self) -> f64 {
+        (self.done - self.resumed) as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 
     /// Remaining time at the rate measured in this run.
