@@ -37,6 +37,106 @@ const LOGPROB_BUDGET: usize = 64 << 20;
 /// pass for a shorter prefix saves less than it costs.
 const MIN_SHARED_PREFIX: usize = 32;
 
+/// The log-probability of one token of a sequence and the most likely tokens at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionLogprobs {
+    /// The token at this position.
+    pub token: u32,
+    /// Its log-probability given every token before it.
+    pub logprob: f32,
+    /// The `top_k` most likely tokens here with their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-probabilities of `tokens[from..]`, each given the tokens before it, with the `top_k`
+/// most likely tokens at each of those positions: what an OpenAI-compatible server returns
+/// for `echo` + `logprobs` (a prompt scored, `from` = 1) and for `logprobs` on an answer
+/// (`from` = the prompt's length, scored after decoding). One forward pass over the
+/// sequence without padding; log-softmax in f32 over the raw logits (no temperature).
+pub fn score_tokens(
+    model: &Llama,
+    tokens: &[u32],
+    from: usize,
+    top_k: usize,
+    device: &Device,
+) -> Result<Vec<PositionLogprobs>> {
+    let vocab = model.config().vocab_size;
+    let max_len = model.config().max_position_embeddings;
+    if from == 0 || from > tokens.len() {
+        return Err(Error::InvalidArgument(format!(
+            "score_tokens: from = {from} must be in 1..={} (the first token has no context)",
+            tokens.len()
+        )));
+    }
+    if tokens.len() > max_len {
+        return Err(Error::InvalidArgument(format!(
+            "score_tokens: {} tokens exceed the model's {max_len} positions",
+            tokens.len()
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!(
+            "score_tokens: token id {bad} outside the vocabulary of {vocab}"
+        )));
+    }
+    if top_k > vocab {
+        return Err(Error::InvalidArgument(format!(
+            "score_tokens: top_k = {top_k} exceeds the vocabulary of {vocab}"
+        )));
+    }
+    let scored = tokens.len() - from;
+    if scored == 0 {
+        return Ok(Vec::new());
+    }
+    let input = &tokens[..tokens.len() - 1];
+    let (ids, mask) = left_padded(&[input], device);
+    let hidden = model.forward_hidden(ids, mask, None);
+    // Only the positions that predict `tokens[from..]` become logits, a window at a time.
+    let step = (LOGPROB_BUDGET / vocab).clamp(1, scored);
+    let mut out = Vec::with_capacity(scored);
+    let mut start = 0;
+    while start < scored {
+        let len = step.min(scored - start);
+        let window = hidden.clone().narrow(1, from - 1 + start, len);
+        let logprobs = log_softmax(model.logits(window).cast(FloatDType::F32), 2);
+        let targets: Vec<i64> = tokens[from + start..from + start + len]
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, len, 1]), device);
+        let chosen = logprobs
+            .clone()
+            .gather(2, targets)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 log-probs");
+        let (top_values, top_ids) = if top_k > 0 {
+            let (values, ids) = logprobs.topk_with_indices(top_k, 2);
+            (
+                values.into_data().try_into_vec::<f32>().expect("f32 top"),
+                ids.into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .expect("int top ids"),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for j in 0..len {
+            let top = (0..top_k)
+                .map(|k| (top_ids[j * top_k + k] as u32, top_values[j * top_k + k]))
+                .collect();
+            out.push(PositionLogprobs {
+                token: tokens[from + start + j],
+                logprob: chosen[j],
+                top,
+            });
+        }
+        start += len;
+    }
+    Ok(out)
+}
+
 /// Work done by [`loglikelihood_with_prefix_cache`] calls, counted in token positions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoglikelihoodStats {
@@ -424,6 +524,49 @@ mod tests {
             assert!((result.logprob - expected.iter().sum::<f64>()).abs() < 1e-4);
             assert_eq!(result.is_greedy, greedy);
         }
+    }
+
+    #[test]
+    fn score_tokens_agrees_with_loglikelihood_and_ranks_the_top() {
+        let (model, device) = tiny_model(55);
+        let tokens = vec![9u32, 8, 7, 6, 5, 4, 3, 2, 1];
+        let scored = score_tokens(&model, &tokens, 1, 3, &device).unwrap();
+        assert_eq!(scored.len(), tokens.len() - 1);
+        let reference = loglikelihood(
+            &model,
+            &[LoglikelihoodRequest {
+                context: tokens[..1].to_vec(),
+                continuation: tokens[1..].to_vec(),
+            }],
+            1,
+            &device,
+        )
+        .unwrap();
+        for (position, (got, want)) in scored.iter().zip(&reference[0].token_logprobs).enumerate() {
+            assert_eq!(got.token, tokens[position + 1]);
+            assert!((got.logprob - want).abs() < 1e-4, "{got:?} vs {want}");
+            assert_eq!(got.top.len(), 3);
+            assert!(got.top.windows(2).all(|w| w[0].1 >= w[1].1), "{got:?}");
+            // The token's own log-probability is at most the best one, and equals the entry
+            // for it when it is among the top.
+            assert!(got.logprob <= got.top[0].1 + 1e-6);
+            if let Some(&(_, own)) = got.top.iter().find(|(id, _)| *id == got.token) {
+                assert!((own - got.logprob).abs() < 1e-6);
+            }
+        }
+        // A later start scores the tail only, with the same numbers.
+        let tail = score_tokens(&model, &tokens, 6, 0, &device).unwrap();
+        assert_eq!(tail.len(), 3);
+        for (a, b) in tail.iter().zip(&scored[5..]) {
+            assert!((a.logprob - b.logprob).abs() < 1e-5 && a.top.is_empty());
+        }
+        assert!(
+            score_tokens(&model, &tokens, tokens.len(), 1, &device)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(score_tokens(&model, &tokens, 0, 1, &device).is_err());
+        assert!(score_tokens(&model, &[1, 100_000], 1, 1, &device).is_err());
     }
 
     #[test]

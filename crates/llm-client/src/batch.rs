@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::client::LlmClient;
 use crate::error::{Error, Result};
-use crate::request::{ChatRequest, ChatResponse};
+use crate::request::{ChatRequest, ChatResponse, CompletionRequest};
 
 /// Whether a batch draws a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +56,30 @@ impl LlmClient {
     /// result per request in input order. Finished requests come from the ledger, so rerunning
     /// an interrupted batch pays only for what did not finish.
     pub async fn chat_batch(&self, requests: Vec<ChatRequest>, progress: Progress) -> BatchReport {
+        self.batch(requests, progress, |client, request| async move {
+            client.chat(request).await
+        })
+        .await
+    }
+
+    /// [`LlmClient::chat_batch`] for text completions.
+    pub async fn completion_batch(
+        &self,
+        requests: Vec<CompletionRequest>,
+        progress: Progress,
+    ) -> BatchReport {
+        self.batch(requests, progress, |client, request| async move {
+            client.completion(request).await
+        })
+        .await
+    }
+
+    async fn batch<R, F, Fut>(&self, requests: Vec<R>, progress: Progress, call: F) -> BatchReport
+    where
+        R: Send + 'static,
+        F: Fn(LlmClient, R) -> Fut,
+        Fut: std::future::Future<Output = Result<ChatResponse>> + Send + 'static,
+    {
         let started = Instant::now();
         let spent_before = self.spent_usd();
         let total = requests.len();
@@ -72,8 +96,8 @@ impl LlmClient {
                 let Some((index, request)) = queue.next() else {
                     break;
                 };
-                let client = self.clone();
-                let handle = tasks.spawn(async move { (index, client.chat(request).await) });
+                let answer = call(self.clone(), request);
+                let handle = tasks.spawn(async move { (index, answer.await) });
                 task_index.insert(handle.id(), index);
             }
             let Some(joined) = tasks.join_next_with_id().await else {

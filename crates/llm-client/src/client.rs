@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_openai::types::chat::CreateChatCompletionResponse;
+use async_openai::types::completions::CreateCompletionResponse;
 use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -28,7 +29,9 @@ use crate::config::{ClientConfig, Prices};
 use crate::error::{Error, Result};
 use crate::ledger::{AttemptRecord, Ledger};
 use crate::limiter::{Budget, RateLimiter};
-use crate::request::{ChatRequest, ChatResponse, canonical_json};
+use crate::request::{
+    Call, ChatRequest, ChatResponse, CompletionRequest, TokenLogprob, TopLogprob, canonical_json,
+};
 use crate::stream::{Chunk, SseParser, StreamAssembly, StreamEvent};
 
 /// Receives a streamed answer as it arrives (see [`LlmClient::chat_stream`]).
@@ -64,7 +67,8 @@ impl std::fmt::Debug for LlmClient {
 struct Inner {
     config: ClientConfig,
     http: reqwest::Client,
-    url: String,
+    /// The endpoint's base URL without a trailing slash; a call's route is appended.
+    base_url: String,
     ledger: Ledger,
     budget: Budget,
     prices: Option<Prices>,
@@ -132,10 +136,7 @@ impl LlmClient {
         let ledger = Ledger::open(&config.ledger_path)?;
         let spent = ledger.total_spend_usd()?;
         let inner = Inner {
-            url: format!(
-                "{}/chat/completions",
-                config.endpoint.base_url.trim_end_matches('/')
-            ),
+            base_url: config.endpoint.base_url.trim_end_matches('/').to_owned(),
             http,
             budget: Budget::new(config.budget_usd, spent),
             prices: config.model_prices(),
@@ -175,6 +176,34 @@ impl LlmClient {
         request
     }
 
+    /// [`LlmClient::effective_request`] for a text completion.
+    pub fn effective_completion(&self, mut request: CompletionRequest) -> CompletionRequest {
+        if request.max_tokens.is_none() {
+            request.max_tokens = Some(self.inner.config.default_max_tokens);
+        }
+        request
+    }
+
+    /// Answers one text completion (`POST /v1/completions`) with the same ledger, budget,
+    /// limits and retries as [`LlmClient::chat`]. With `echo` the answer's text (and its
+    /// log-probabilities, when asked) start with the prompt.
+    pub async fn completion(&self, request: CompletionRequest) -> Result<ChatResponse> {
+        let request = self.effective_completion(request);
+        if request.prompt.is_empty() {
+            return Err(Error::Config {
+                field: "prompt".into(),
+                reason: "a completion request needs a non-empty prompt".into(),
+            });
+        }
+        if request.max_tokens == Some(0) && !request.echo {
+            return Err(Error::Config {
+                field: "max_tokens".into(),
+                reason: "0 is only meaningful with echo (scoring the prompt)".into(),
+            });
+        }
+        self.run(Call::Completion(request), None).await
+    }
+
     /// Answers one request: from the ledger if it finished before, else over HTTP with retries.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse> {
         self.chat_with(request, None).await
@@ -207,6 +236,19 @@ impl LlmClient {
                 reason: "a chat request needs at least one message".into(),
             });
         }
+        if sink.is_some() && request.logprobs.is_some() {
+            return Err(Error::Config {
+                field: "logprobs".into(),
+                reason: "log-probabilities are collected from non-streamed answers only; use chat"
+                    .into(),
+            });
+        }
+        self.run(Call::Chat(request), sink).await
+    }
+
+    /// One call, sent at most once at a time per hash: identical calls in flight together
+    /// wait for the first, which then answers them from the ledger.
+    async fn run(&self, request: Call, sink: Option<Sink<'_, '_>>) -> Result<ChatResponse> {
         let hash = request.hash(&self.inner.config.endpoint);
         let lock = {
             let mut map = self.inner.in_progress.lock().expect("in-progress lock");
@@ -214,7 +256,7 @@ impl LlmClient {
         };
         let result = {
             let _same_request = lock.lock().await;
-            self.chat_exclusive(&request, &hash, sink).await
+            self.call_exclusive(&request, &hash, sink).await
         };
         {
             let mut map = self.inner.in_progress.lock().expect("in-progress lock");
@@ -225,9 +267,9 @@ impl LlmClient {
         result
     }
 
-    async fn chat_exclusive(
+    async fn call_exclusive(
         &self,
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
         mut sink: Option<Sink<'_, '_>>,
     ) -> Result<ChatResponse> {
@@ -311,13 +353,13 @@ impl LlmClient {
     /// One HTTP attempt, reserved against the budget and recorded in the ledger.
     async fn attempt(
         &self,
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
         attempt_number: u32,
         sink: Option<Sink<'_, '_>>,
     ) -> Result<ChatResponse, Failure> {
         let inner = &self.inner;
-        let max_tokens = u64::from(request.max_tokens.unwrap_or(0));
+        let max_tokens = request.max_tokens();
         let bound_usd = inner.prices.map_or(0.0, |p| {
             p.cost_usd(request.prompt_tokens_upper_bound(), max_tokens)
         });
@@ -335,7 +377,7 @@ impl LlmClient {
             let _slot = inner.slots.acquire().await.expect("semaphore never closed");
             let attempt_id = inner.ledger.begin_attempt(hash, bound_usd)?;
             let native =
-                request.json_schema.is_some() && inner.native_schema.load(Ordering::Relaxed);
+                request.json_schema().is_some() && inner.native_schema.load(Ordering::Relaxed);
             let sent = match sink {
                 Some(sink) => self.send_stream(request, native, sink).await,
                 None => self.send(request, native).await,
@@ -381,7 +423,7 @@ impl LlmClient {
     /// The POST with body and key, or the reason it cannot be built.
     fn build_request(
         &self,
-        request: &ChatRequest,
+        request: &Call,
         native_schema: bool,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder> {
@@ -389,7 +431,7 @@ impl LlmClient {
         let body = request.wire_body(&inner.config.endpoint, native_schema, stream);
         let mut builder = inner
             .http
-            .post(&inner.url)
+            .post(format!("{}{}", inner.base_url, request.path()))
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &inner.config.endpoint.api_key {
@@ -410,7 +452,7 @@ impl LlmClient {
     }
 
     /// Sends one request; the timeout covers connecting, headers and the whole body.
-    async fn send(&self, request: &ChatRequest, native_schema: bool) -> Sent {
+    async fn send(&self, request: &Call, native_schema: bool) -> Sent {
         let inner = &self.inner;
         let builder = match self.build_request(request, native_schema, false) {
             Ok(builder) => builder,
@@ -444,12 +486,7 @@ impl LlmClient {
     /// Sends one streamed request, passing text deltas to `sink` as data events arrive. The
     /// attempt's `timeout` bounds the whole exchange; `stream_idle_timeout` bounds the wait
     /// for each data event (SSE comments, i.e. keep-alives, do not count as progress).
-    async fn send_stream(
-        &self,
-        request: &ChatRequest,
-        native_schema: bool,
-        sink: Sink<'_, '_>,
-    ) -> Sent {
+    async fn send_stream(&self, request: &Call, native_schema: bool, sink: Sink<'_, '_>) -> Sent {
         let inner = &self.inner;
         let builder = match self.build_request(request, native_schema, true) {
             Ok(builder) => builder,
@@ -550,7 +587,7 @@ impl LlmClient {
     fn classify(
         &self,
         sent: Sent,
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
         bound_usd: f64,
         native_schema: bool,
@@ -701,32 +738,95 @@ impl LlmClient {
     fn parse_success(
         &self,
         body: &[u8],
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
     ) -> Result<ChatResponse, String> {
-        let parsed: CreateChatCompletionResponse =
-            serde_json::from_slice(body).map_err(|e| format!("not a chat completion: {e}"))?;
-        let choice = parsed
-            .choices
-            .first()
-            .ok_or_else(|| "no choices in the response".to_owned())?;
-        let finish_reason = choice
-            .finish_reason
-            .as_ref()
-            .and_then(|f| serde_json::to_value(f).ok())
-            .and_then(|v| v.as_str().map(str::to_owned));
-        let usage = parsed
-            .usage
-            .as_ref()
-            .map(|u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
-        Ok(self.response(
-            choice.message.content.clone().unwrap_or_default(),
-            finish_reason,
-            parsed.model.clone(),
-            usage,
-            request,
-            hash,
-        ))
+        let enum_name =
+            |value: Option<serde_json::Value>| value.and_then(|v| v.as_str().map(str::to_owned));
+        match request {
+            Call::Chat(_) => {
+                let parsed: CreateChatCompletionResponse = serde_json::from_slice(body)
+                    .map_err(|e| format!("not a chat completion: {e}"))?;
+                let choice = parsed
+                    .choices
+                    .first()
+                    .ok_or_else(|| "no choices in the response".to_owned())?;
+                let finish_reason = enum_name(
+                    choice
+                        .finish_reason
+                        .as_ref()
+                        .and_then(|f| serde_json::to_value(f).ok()),
+                );
+                let usage = parsed
+                    .usage
+                    .as_ref()
+                    .map(|u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+                let logprobs = choice
+                    .logprobs
+                    .as_ref()
+                    .and_then(|l| l.content.as_ref())
+                    .map(|tokens| {
+                        tokens
+                            .iter()
+                            .map(|t| TokenLogprob {
+                                token: t.token.clone(),
+                                logprob: Some(t.logprob),
+                                text_offset: None,
+                                top_logprobs: t
+                                    .top_logprobs
+                                    .iter()
+                                    .map(|top| TopLogprob {
+                                        token: top.token.clone(),
+                                        logprob: top.logprob,
+                                    })
+                                    .collect(),
+                            })
+                            .collect()
+                    });
+                let mut response = self.response(
+                    choice.message.content.clone().unwrap_or_default(),
+                    finish_reason,
+                    parsed.model.clone(),
+                    usage,
+                    request,
+                    hash,
+                );
+                response.logprobs = logprobs;
+                Ok(response)
+            }
+            Call::Completion(_) => {
+                let parsed: CreateCompletionResponse = serde_json::from_slice(body)
+                    .map_err(|e| format!("not a text completion: {e}"))?;
+                let choice = parsed
+                    .choices
+                    .first()
+                    .ok_or_else(|| "no choices in the response".to_owned())?;
+                let finish_reason = enum_name(
+                    choice
+                        .finish_reason
+                        .as_ref()
+                        .and_then(|f| serde_json::to_value(f).ok()),
+                );
+                let usage = parsed
+                    .usage
+                    .as_ref()
+                    .map(|u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+                let logprobs = match &choice.logprobs {
+                    Some(l) => Some(completion_logprobs(l)?),
+                    None => None,
+                };
+                let mut response = self.response(
+                    choice.text.clone(),
+                    finish_reason,
+                    parsed.model.clone(),
+                    usage,
+                    request,
+                    hash,
+                );
+                response.logprobs = logprobs;
+                Ok(response)
+            }
+        }
     }
 
     /// The caller's view of an answer, priced from its usage.
@@ -736,7 +836,7 @@ impl LlmClient {
         finish_reason: Option<String>,
         model: String,
         usage: Option<(u64, u64)>,
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
     ) -> ChatResponse {
         let prices = self.inner.prices;
@@ -745,7 +845,7 @@ impl LlmClient {
             // No usage reported: count the upper bound so the budget stays safe.
             None => {
                 let p = request.prompt_tokens_upper_bound();
-                let c = u64::from(request.max_tokens.unwrap_or(0));
+                let c = request.max_tokens();
                 (0, 0, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
             }
         };
@@ -759,6 +859,7 @@ impl LlmClient {
             request_hash: hash.to_owned(),
             attempts: 0,
             from_ledger: false,
+            logprobs: None,
         }
     }
 
@@ -769,7 +870,7 @@ impl LlmClient {
         status: StatusCode,
         body: &[u8],
         answer: Result<StreamAssembly, StreamProblem>,
-        request: &ChatRequest,
+        request: &Call,
         hash: &str,
         bound_usd: f64,
     ) -> (Outcome, Result<ChatResponse, Failure>) {
@@ -874,6 +975,67 @@ impl Outcome {
             body: None,
         }
     }
+}
+
+/// A completion's `logprobs` object (parallel lists, as OpenAI's legacy API and vLLM send
+/// them) as one entry per token. `top_logprobs` entries are `{token: logprob}` maps, `null`
+/// where the server has none (the first echoed token).
+fn completion_logprobs(
+    logprobs: &async_openai::types::chat::Logprobs,
+) -> Result<Vec<TokenLogprob>, String> {
+    let n = logprobs.tokens.len();
+    if logprobs.token_logprobs.len() != n {
+        return Err(format!(
+            "logprobs: {n} tokens but {} token_logprobs",
+            logprobs.token_logprobs.len()
+        ));
+    }
+    let offsets = &logprobs.text_offset;
+    if !offsets.is_empty() && offsets.len() != n {
+        return Err(format!(
+            "logprobs: {n} tokens but {} text_offset entries",
+            offsets.len()
+        ));
+    }
+    let tops = &logprobs.top_logprobs;
+    if !tops.is_empty() && tops.len() != n {
+        return Err(format!(
+            "logprobs: {n} tokens but {} top_logprobs entries",
+            tops.len()
+        ));
+    }
+    (0..n)
+        .map(|i| {
+            let mut top_logprobs = Vec::new();
+            match tops.get(i) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Object(map)) => {
+                    for (token, logprob) in map {
+                        let logprob = logprob.as_f64().ok_or_else(|| {
+                            format!("logprobs.top_logprobs[{i}][{token:?}] is not a number")
+                        })?;
+                        top_logprobs.push(TopLogprob {
+                            token: token.clone(),
+                            logprob: logprob as f32,
+                        });
+                    }
+                    // JSON objects carry no order: most likely first.
+                    top_logprobs.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "logprobs.top_logprobs[{i}] is neither an object nor null: {other}"
+                    ));
+                }
+            }
+            Ok(TokenLogprob {
+                token: logprobs.tokens[i].clone(),
+                logprob: logprobs.token_logprobs[i],
+                text_offset: offsets.get(i).copied(),
+                top_logprobs,
+            })
+        })
+        .collect()
 }
 
 /// The server's wait request: `retry-after-ms` (OpenAI), else `Retry-After` as seconds

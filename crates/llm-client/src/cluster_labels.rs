@@ -42,6 +42,8 @@ impl<B: ChatBackend> ChatClusterLabeller<B> {
                 schema: label_json_schema(),
                 strict: true,
             }),
+            logprobs: None,
+            stop: Vec::new(),
         }
     }
 }

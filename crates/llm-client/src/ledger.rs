@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     created_unix_ms INTEGER NOT NULL,
-    updated_unix_ms INTEGER NOT NULL
+    updated_unix_ms INTEGER NOT NULL,
+    logprobs_json TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
@@ -106,6 +107,20 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        // Ledgers written before log-probabilities existed lack the column: add it, so their
+        // rows keep answering (with no log-probabilities, which they never asked for).
+        let has_logprobs: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('requests') WHERE name = 'logprobs_json'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db_err)?
+            > 0;
+        if !has_logprobs {
+            conn.execute_batch("ALTER TABLE requests ADD COLUMN logprobs_json TEXT")
+                .map_err(db_err)?;
+        }
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -158,14 +173,14 @@ impl Ledger {
 
     /// The stored answer for `hash` if that request finished.
     pub fn lookup_done(&self, hash: &str) -> Result<Option<ChatResponse>> {
-        self.with(|c| {
+        let found = self.with(|c| {
             c.prepare_cached(
                 "SELECT content, finish_reason, response_model, prompt_tokens, completion_tokens,
-                        cost_usd
+                        cost_usd, logprobs_json
                  FROM requests WHERE hash = ?1 AND status = 'done'",
             )?
             .query_row([hash], |r| {
-                Ok(ChatResponse {
+                let response = ChatResponse {
                     content: r.get(0)?,
                     finish_reason: r.get(1)?,
                     model: r.get(2)?,
@@ -175,10 +190,25 @@ impl Ledger {
                     request_hash: hash.to_owned(),
                     attempts: 0,
                     from_ledger: true,
-                })
+                    logprobs: None,
+                };
+                Ok((response, r.get::<_, Option<String>>(6)?))
             })
             .optional()
-        })
+        })?;
+        let Some((mut response, logprobs)) = found else {
+            return Ok(None);
+        };
+        if let Some(json) = logprobs {
+            response.logprobs =
+                Some(serde_json::from_str(&json).map_err(|e| Error::LedgerRow {
+                    path: self.path.clone(),
+                    hash: hash.to_owned(),
+                    field: "logprobs_json",
+                    reason: e.to_string(),
+                })?);
+        }
+        Ok(Some(response))
     }
 
     /// Records that `hash` is about to be sent (a new row, or a failed/pending one reset).
@@ -236,6 +266,10 @@ impl Ledger {
         attempts: u32,
     ) -> Result<()> {
         let now = now_ms();
+        let logprobs = response
+            .logprobs
+            .as_ref()
+            .map(|l| serde_json::to_string(l).expect("log-probabilities serialise"));
         self.with(|c| {
             let tx = c.transaction()?;
             tx.prepare_cached(
@@ -246,7 +280,7 @@ impl Ledger {
                 "UPDATE requests SET status = 'done', content = ?2, finish_reason = ?3,
                         response_model = ?4, response_json = ?5, prompt_tokens = ?6,
                         completion_tokens = ?7, cost_usd = ?8, attempts = attempts + ?9,
-                        error = NULL, updated_unix_ms = ?10
+                        error = NULL, updated_unix_ms = ?10, logprobs_json = ?11
                  WHERE hash = ?1",
             )?
             .execute(params![
@@ -259,7 +293,8 @@ impl Ledger {
                 response.completion_tokens as i64,
                 response.cost_usd,
                 attempts,
-                now
+                now,
+                logprobs
             ])?;
             tx.commit()
         })
@@ -295,6 +330,7 @@ mod tests {
             request_hash: hash.into(),
             attempts: 1,
             from_ledger: false,
+            logprobs: None,
         }
     }
 
@@ -344,5 +380,46 @@ mod tests {
         assert!(ledger.lookup_done("a").unwrap().is_some());
         ledger.fail("a", "x", 1).unwrap();
         assert!(ledger.lookup_done("a").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_ledger_from_before_logprobs_gains_the_column_and_keeps_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let old_schema = SCHEMA.replace(",\n    logprobs_json TEXT", "");
+            assert!(!old_schema.contains("logprobs_json"));
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO requests (hash, model, request_json, status, content, finish_reason,
+                                       response_model, prompt_tokens, completion_tokens,
+                                       created_unix_ms, updated_unix_ms)
+                 VALUES ('old', 'm', '{}', 'done', 'hi', 'stop', 'm', 1, 1, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let ledger = Ledger::open(&path).unwrap();
+        let old = ledger.lookup_done("old").unwrap().unwrap();
+        assert_eq!((old.content.as_str(), old.logprobs), ("hi", None));
+        let mut with_logprobs = response("new");
+        with_logprobs.logprobs = Some(vec![crate::TokenLogprob {
+            token: "hello".into(),
+            logprob: Some(-0.5),
+            text_offset: Some(0),
+            top_logprobs: vec![crate::TopLogprob {
+                token: "hello".into(),
+                logprob: -0.5,
+            }],
+        }]);
+        ledger.mark_pending("new", "m", "{}").unwrap();
+        let id = ledger.begin_attempt("new", 0.0).unwrap();
+        ledger.complete(id, &with_logprobs, "{}", 1).unwrap();
+        drop(ledger);
+        // Opening again does not try to add the column twice.
+        let ledger = Ledger::open(&path).unwrap();
+        let stored = ledger.lookup_done("new").unwrap().unwrap();
+        assert_eq!(stored.logprobs, with_logprobs.logprobs);
     }
 }

@@ -1,4 +1,4 @@
-//! OpenAI-compatible chat client for tuneloop: OpenAI, vLLM, Ollama or our own `serve`, with a
+//! OpenAI-compatible chat and text completion client for tuneloop: OpenAI, vLLM, Ollama or our own `serve`, with a
 //! durable SQLite ledger (a rerun never pays again for a finished request), a hard budget cap,
 //! rate limits, classified retries, batches and tolerant parsing of structured answers.
 //!
@@ -30,6 +30,12 @@
 //! exponential backoff that honours `Retry-After`; an exhausted quota (429
 //! `insufficient_quota`), 401/403 and any other 4xx are not.
 //!
+//! [`LlmClient::completion`] sends a text prompt to `/v1/completions` the same way (ledger,
+//! budget, limits, retries); with `echo` and `logprobs` it scores the prompt's tokens, which is
+//! how a continuation's log-likelihood is read from a served model. Chat requests can ask for
+//! `logprobs` too ([`ChatRequest::with_logprobs`]); answers carry them in
+//! [`ChatResponse::logprobs`] and the ledger keeps them.
+//!
 //! [`LlmClient::chat_stream`] asks for SSE and reports text as it arrives; a stream that sends
 //! no data event for `stream_idle_timeout`, ends without `data: [DONE]` or carries an error
 //! object is retried like any other failed attempt, and the assembled answer is recorded in the
@@ -58,6 +64,9 @@ pub use config::{
 pub use error::{Error, Result};
 pub use ledger::{Ledger, LedgerCounts, OUTCOME_IN_FLIGHT};
 pub use parse::{extract_json, parse_judge_score};
-pub use request::{ChatRequest, ChatResponse, JsonSchema, Message, Role, canonical_json};
+pub use request::{
+    ChatRequest, ChatResponse, CompletionRequest, JsonSchema, Message, Role, TokenLogprob,
+    TopLogprob, canonical_json,
+};
 pub use serve_process::{ServeOptions, ServeProcess};
 pub use stream::StreamEvent;

@@ -3,9 +3,10 @@
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    ChatCompletionStreamOptions, CreateChatCompletionRequest, ResponseFormat,
-    ResponseFormatJsonSchema,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, Prompt, ResponseFormat,
+    ResponseFormatJsonSchema, StopConfiguration,
 };
+use async_openai::types::completions::CreateCompletionRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -68,6 +69,12 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     pub seed: Option<u64>,
     pub json_schema: Option<JsonSchema>,
+    /// Ask for the log-probability of every answer token, with this many most likely
+    /// alternatives per position (OpenAI allows 0..=20): `logprobs: true, top_logprobs: n` on
+    /// the wire. Only for [`crate::LlmClient::chat`]; streamed answers do not collect them.
+    pub logprobs: Option<u8>,
+    /// Stop strings (servers accept at most 4); the answer ends before the first one.
+    pub stop: Vec<String>,
 }
 
 impl ChatRequest {
@@ -99,6 +106,16 @@ impl ChatRequest {
         self
     }
 
+    pub fn with_logprobs(mut self, top_logprobs: u8) -> Self {
+        self.logprobs = Some(top_logprobs);
+        self
+    }
+
+    pub fn with_stop(mut self, stop: Vec<String>) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// sha256 (hex) of a canonical JSON of endpoint URL, model, messages and parameters, with
     /// `max_tokens` already defaulted. The key is not part of it: rotating a key keeps the cache.
     pub fn hash(&self, endpoint: &Endpoint) -> String {
@@ -109,7 +126,7 @@ impl ChatRequest {
 
     /// What the hash covers, also stored in the ledger so a row says what it answers.
     pub(crate) fn identity(&self, endpoint: &Endpoint) -> Value {
-        json!({
+        let mut identity = json!({
             "v": 1,
             "base_url": endpoint.base_url.trim_end_matches('/'),
             "model": endpoint.model,
@@ -118,7 +135,16 @@ impl ChatRequest {
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "json_schema": self.json_schema,
-        })
+        });
+        // Added only when set, so requests without them keep the hashes (and ledger rows)
+        // they had before these fields existed.
+        if let Some(top) = self.logprobs {
+            identity["logprobs"] = json!(top);
+        }
+        if !self.stop.is_empty() {
+            identity["stop"] = json!(self.stop);
+        }
+        identity
     }
 
     /// Total UTF-8 bytes of all message contents.
@@ -209,16 +235,227 @@ impl ChatRequest {
                 include_usage: Some(true),
                 include_obfuscation: None,
             }),
+            logprobs: self.logprobs.map(|_| true),
+            top_logprobs: self.logprobs,
+            stop: (!self.stop.is_empty())
+                .then(|| StopConfiguration::StringArray(self.stop.clone())),
             ..Default::default()
         };
         serde_json::to_vec(&body).expect("a chat request always serialises")
     }
 }
 
-/// A chat completion as the caller sees it.
+/// One text completion request (`POST /v1/completions`): a raw prompt, no chat template.
+///
+/// With `echo` and `logprobs`, the answer's text starts with the prompt and its
+/// [`ChatResponse::logprobs`] cover the prompt's tokens too (the first one has none): this
+/// is how lm-evaluation-harness scores a continuation against a served model (vLLM, OpenAI's
+/// legacy completions, our own `serve`). As for [`ChatRequest`], equal requests share one
+/// hash and are answered once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    pub temperature: Option<f32>,
+    /// Output limit; the client's `default_max_tokens` when `None`. 0 is allowed with `echo`
+    /// (score the prompt, generate nothing) where the server accepts it.
+    pub max_tokens: Option<u32>,
+    pub seed: Option<u64>,
+    /// Stop strings (servers accept at most 4).
+    pub stop: Vec<String>,
+    /// Return the prompt in front of the completion (and its tokens' log-probabilities).
+    pub echo: bool,
+    /// Ask for log-probabilities with this many most likely alternatives per position
+    /// (OpenAI allows 0..=5, vLLM 0..=20 by default).
+    pub logprobs: Option<u8>,
+}
+
+impl CompletionRequest {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    pub fn with_stop(mut self, stop: Vec<String>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    pub fn with_echo(mut self) -> Self {
+        self.echo = true;
+        self
+    }
+
+    pub fn with_logprobs(mut self, top_logprobs: u8) -> Self {
+        self.logprobs = Some(top_logprobs);
+        self
+    }
+
+    /// sha256 (hex) of endpoint URL, model, prompt and parameters, as [`ChatRequest::hash`];
+    /// a completion never shares a hash with a chat request.
+    pub fn hash(&self, endpoint: &Endpoint) -> String {
+        let mut digest = Sha256::new();
+        digest.update(canonical_json(&self.identity(endpoint)).as_bytes());
+        hex::encode(digest.finalize())
+    }
+
+    pub(crate) fn identity(&self, endpoint: &Endpoint) -> Value {
+        json!({
+            "v": 1,
+            "kind": "completion",
+            "base_url": endpoint.base_url.trim_end_matches('/'),
+            "model": endpoint.model,
+            "prompt": self.prompt,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": self.stop,
+            "echo": self.echo,
+            "logprobs": self.logprobs,
+        })
+    }
+
+    /// An upper bound on prompt tokens: bytes (byte-level BPE never makes more tokens than
+    /// bytes) plus 8 for a BOS or other framing.
+    pub fn prompt_tokens_upper_bound(&self) -> u64 {
+        self.prompt.len() as u64 + 8
+    }
+
+    /// A typical prompt-token count (4 bytes per token).
+    pub fn prompt_tokens_estimate(&self) -> u64 {
+        (self.prompt.len() as u64).div_ceil(4) + 1
+    }
+
+    /// The HTTP body, built with async-openai's request type. `max_tokens` must already be
+    /// set. Completions always use `max_tokens` (there is no `max_completion_tokens` field).
+    pub(crate) fn wire_body(&self, endpoint: &Endpoint) -> Vec<u8> {
+        let body = CreateCompletionRequest {
+            model: endpoint.model.clone(),
+            prompt: Prompt::String(self.prompt.clone()),
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            seed: self.seed.map(|s| s as i64),
+            stop: (!self.stop.is_empty())
+                .then(|| StopConfiguration::StringArray(self.stop.clone())),
+            echo: self.echo.then_some(true),
+            logprobs: self.logprobs,
+            ..Default::default()
+        };
+        serde_json::to_vec(&body).expect("a completion request always serialises")
+    }
+}
+
+/// What one HTTP call asks: a chat or a text completion. The client's ledger, budget,
+/// limits and retries handle both the same way.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Call {
+    Chat(ChatRequest),
+    Completion(CompletionRequest),
+}
+
+impl Call {
+    pub fn hash(&self, endpoint: &Endpoint) -> String {
+        match self {
+            Call::Chat(r) => r.hash(endpoint),
+            Call::Completion(r) => r.hash(endpoint),
+        }
+    }
+
+    pub fn identity(&self, endpoint: &Endpoint) -> Value {
+        match self {
+            Call::Chat(r) => r.identity(endpoint),
+            Call::Completion(r) => r.identity(endpoint),
+        }
+    }
+
+    pub fn max_tokens(&self) -> u64 {
+        u64::from(match self {
+            Call::Chat(r) => r.max_tokens.unwrap_or(0),
+            Call::Completion(r) => r.max_tokens.unwrap_or(0),
+        })
+    }
+
+    pub fn prompt_tokens_upper_bound(&self) -> u64 {
+        match self {
+            Call::Chat(r) => r.prompt_tokens_upper_bound(),
+            Call::Completion(r) => r.prompt_tokens_upper_bound(),
+        }
+    }
+
+    pub fn prompt_tokens_estimate(&self) -> u64 {
+        match self {
+            Call::Chat(r) => r.prompt_tokens_estimate(),
+            Call::Completion(r) => r.prompt_tokens_estimate(),
+        }
+    }
+
+    pub fn json_schema(&self) -> Option<&JsonSchema> {
+        match self {
+            Call::Chat(r) => r.json_schema.as_ref(),
+            Call::Completion(_) => None,
+        }
+    }
+
+    /// The route under the endpoint's base URL.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Call::Chat(_) => "/chat/completions",
+            Call::Completion(_) => "/completions",
+        }
+    }
+
+    pub fn wire_body(&self, endpoint: &Endpoint, native_schema: bool, stream: bool) -> Vec<u8> {
+        match self {
+            Call::Chat(r) => r.wire_body(endpoint, native_schema, stream),
+            Call::Completion(r) => r.wire_body(endpoint),
+        }
+    }
+}
+
+/// The log-probability of one token of an answer (or of an echoed prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text as the server shows it.
+    pub token: String,
+    /// `None` for the first token of an echoed prompt: nothing precedes it.
+    pub logprob: Option<f32>,
+    /// Where the token starts in the answer's text, in characters (completions only: chat
+    /// answers carry no offsets).
+    pub text_offset: Option<u32>,
+    /// The most likely tokens at this position, most likely first (as many as asked, fewer if
+    /// the server sent fewer).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
+/// An answer as the caller sees it: of a chat completion, or of a text completion
+/// ([`crate::LlmClient::completion`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
-    /// The first choice's text (empty when the server returned none).
+    /// The first choice's text (empty when the server returned none). For a completion with
+    /// `echo`, the prompt followed by the completion.
     pub content: String,
     pub finish_reason: Option<String>,
     /// The model name the server reported.
@@ -232,6 +469,9 @@ pub struct ChatResponse {
     pub attempts: u32,
     /// Served from the ledger without any HTTP call.
     pub from_ledger: bool,
+    /// Per-token log-probabilities when the request asked for them and the server sent them;
+    /// `None` when not asked or when the server ignored the request (some do, silently).
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 impl ChatResponse {
@@ -306,6 +546,8 @@ mod tests {
                 schema: json!({"type": "object"}),
                 strict: true,
             }),
+            base.clone().with_logprobs(0),
+            base.clone().with_stop(vec!["\n".into()]),
         ];
         for v in &variants {
             assert_ne!(v.hash(&endpoint()), h, "{v:?}");
@@ -317,6 +559,69 @@ mod tests {
         assert_ne!(base.hash(&Endpoint::new("http://127.0.0.1:8/v1", "m")), h);
         // Trailing slash on the URL is the same endpoint.
         assert_eq!(base.hash(&Endpoint::new("http://127.0.0.1:9/v1/", "m")), h);
+    }
+
+    /// Ledgers written before `logprobs` existed must keep answering: the hash of a request
+    /// without it is the sha256 of the canonical identity it always had (computed outside
+    /// Rust: `json.dumps(identity, sort_keys=True, separators=(",", ":"))`).
+    #[test]
+    fn hashes_from_before_logprobs_are_unchanged() {
+        let request = ChatRequest::user("hi").with_max_tokens(16);
+        assert_eq!(
+            request.hash(&endpoint()),
+            "beca8d33241daf27165e6d79360777b33aca60fed61e699834c720f63756ee0c"
+        );
+    }
+
+    #[test]
+    fn completion_hash_covers_every_field_and_differs_from_chat() {
+        let base = CompletionRequest::new("hi").with_max_tokens(16);
+        let h = base.hash(&endpoint());
+        assert_ne!(
+            h,
+            ChatRequest::user("hi")
+                .with_max_tokens(16)
+                .hash(&endpoint())
+        );
+        let variants = [
+            CompletionRequest::new("hi!").with_max_tokens(16),
+            base.clone().with_max_tokens(1),
+            base.clone().with_temperature(0.0),
+            base.clone().with_seed(3),
+            base.clone().with_stop(vec!["\n".into()]),
+            base.clone().with_echo(),
+            base.clone().with_logprobs(1),
+        ];
+        for v in &variants {
+            assert_ne!(v.hash(&endpoint()), h, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn completion_wire_body() {
+        let request = CompletionRequest::new("2+2=")
+            .with_max_tokens(1)
+            .with_temperature(0.0)
+            .with_stop(vec!["\n".into()])
+            .with_echo()
+            .with_logprobs(1);
+        let body: Value = serde_json::from_slice(&request.wire_body(&endpoint())).unwrap();
+        assert_eq!(
+            body,
+            json!({"model": "m", "prompt": "2+2=", "max_tokens": 1, "temperature": 0.0,
+                   "stop": ["\n"], "echo": true, "logprobs": 1})
+        );
+        let chat = ChatRequest::user("x").with_max_tokens(4).with_logprobs(5);
+        let body: Value =
+            serde_json::from_slice(&chat.wire_body(&endpoint(), true, false)).unwrap();
+        assert_eq!(
+            (&body["logprobs"], &body["top_logprobs"]),
+            (&json!(true), &json!(5))
+        );
+        let plain: Value =
+            serde_json::from_slice(&ChatRequest::user("x").wire_body(&endpoint(), true, false))
+                .unwrap();
+        assert!(plain.get("logprobs").is_none() && plain.get("top_logprobs").is_none());
     }
 
     #[test]

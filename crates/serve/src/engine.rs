@@ -6,6 +6,9 @@
 //! Batching is static: a batch runs until its last sequence ends, and requests that arrive
 //! meanwhile wait for the next batch. A request whose receiver is gone (client disconnected)
 //! is ended at its next step, so it stops costing compute.
+//!
+//! The same thread scores token sequences ([`ScoreRequest`]: log-probabilities of a prompt
+//! or of an answer, for `logprobs`): one forward pass each, run before the next batch.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,8 +20,10 @@ use std::time::{Duration, Instant};
 use llama::generate::{
     DecodeGraphs, FinishReason, GenerationConfig, TokenStep, generate_streaming_with,
 };
+use llama::loglikelihood::{PositionLogprobs, score_tokens};
 use llama::{Pretrained, Tokenizer};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 
@@ -87,6 +92,9 @@ pub enum Event {
         /// Tokens the model produced for this request, including the end-of-turn token when
         /// it stopped on one (it was generated, so it is counted, as vLLM does).
         completion_tokens: usize,
+        /// The generated token ids without a stop token (they may run past a text-level stop
+        /// string, whose text is not in the deltas).
+        tokens: Vec<u32>,
     },
     Failed(String),
 }
@@ -102,15 +110,38 @@ pub struct EngineStats {
     pub largest_batch: AtomicUsize,
 }
 
+/// Log-probabilities of `tokens[from..]` with the `top_k` most likely tokens at each of
+/// those positions (see [`score_tokens`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreRequest {
+    pub tokens: Vec<u32>,
+    pub from: usize,
+    pub top_k: usize,
+}
+
+/// What a [`ScoreRequest`] gets back: one entry per scored position, or why it failed.
+pub type ScoreResult = std::result::Result<Vec<PositionLogprobs>, String>;
+
 struct Job {
     request: GenerationRequest,
     events: UnboundedSender<Event>,
 }
 
+struct ScoreJob {
+    request: ScoreRequest,
+    reply: oneshot::Sender<ScoreResult>,
+}
+
+/// What the model thread is asked to do.
+enum Work {
+    Generate(Job),
+    Score(ScoreJob),
+}
+
 /// Handle to the model thread. Dropping the last handle lets the thread finish its current
 /// batch and exit; [`Engine::shutdown`] also waits for it.
 pub struct Engine {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<mpsc::Sender<Work>>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     stats: Arc<EngineStats>,
@@ -156,7 +187,7 @@ impl Engine {
                 reason: "must be at least 1".into(),
             });
         }
-        let (jobs, receiver) = mpsc::channel::<Job>();
+        let (jobs, receiver) = mpsc::channel::<Work>();
         let queued = Arc::new(AtomicUsize::new(0));
         let thread_queued = queued.clone();
         let max_queue = options.max_queue;
@@ -181,19 +212,34 @@ impl Engine {
         &self,
         request: GenerationRequest,
     ) -> std::result::Result<UnboundedReceiver<Event>, QueueFull> {
+        let (events, receiver) = unbounded_channel();
+        self.send(Work::Generate(Job { request, events }))?;
+        Ok(receiver)
+    }
+
+    /// Queues a scoring request (it counts against the same queue limit); the answer arrives
+    /// on the returned receiver, which sees a closed channel if the model thread is gone.
+    pub fn submit_score(
+        &self,
+        request: ScoreRequest,
+    ) -> std::result::Result<oneshot::Receiver<ScoreResult>, QueueFull> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Work::Score(ScoreJob { request, reply }))?;
+        Ok(receiver)
+    }
+
+    fn send(&self, work: Work) -> std::result::Result<(), QueueFull> {
         let queued = self.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queue {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(QueueFull { queued });
         }
-        let (events, receiver) = unbounded_channel();
-        let job = Job { request, events };
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(work));
         if !matches!(sent, Some(Ok(()))) {
             // The model thread is gone (it panicked): the receiver sees a closed channel.
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
-        Ok(receiver)
+        Ok(())
     }
 
     pub fn stats(&self) -> Arc<EngineStats> {
@@ -229,7 +275,7 @@ impl Drop for Engine {
 fn run(
     model: Pretrained,
     options: EngineOptions,
-    receiver: mpsc::Receiver<Job>,
+    receiver: mpsc::Receiver<Work>,
     queued: Arc<AtomicUsize>,
     stats: &EngineStats,
 ) {
@@ -238,24 +284,50 @@ fn run(
     // serve every later batch of the same shape.
     let graphs = DecodeGraphs::new();
     let mut pending: VecDeque<(Job, QueueSlot)> = VecDeque::new();
+    let mut scores: VecDeque<(ScoreJob, QueueSlot)> = VecDeque::new();
     let slot = || QueueSlot(queued.clone());
+    let take = |work: Work,
+                pending: &mut VecDeque<(Job, QueueSlot)>,
+                scores: &mut VecDeque<(ScoreJob, QueueSlot)>| match work {
+        Work::Generate(job) => pending.push_back((job, slot())),
+        Work::Score(job) => scores.push_back((job, slot())),
+    };
     loop {
-        if pending.is_empty() {
-            let Ok(job) = receiver.recv() else {
+        if pending.is_empty() && scores.is_empty() {
+            let Ok(work) = receiver.recv() else {
                 return;
             };
-            pending.push_back((job, slot()));
-            let deadline = Instant::now() + options.batch_window;
-            while pending.len() < options.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match receiver.recv_timeout(left) {
-                    Ok(job) => pending.push_back((job, slot())),
-                    Err(_) => break,
+            take(work, &mut pending, &mut scores);
+            if !pending.is_empty() {
+                let deadline = Instant::now() + options.batch_window;
+                while pending.len() < options.max_batch {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match receiver.recv_timeout(left) {
+                        Ok(work) => take(work, &mut pending, &mut scores),
+                        Err(_) => break,
+                    }
                 }
             }
         }
-        while let Ok(job) = receiver.try_recv() {
-            pending.push_back((job, slot()));
+        while let Ok(work) = receiver.try_recv() {
+            take(work, &mut pending, &mut scores);
+        }
+        // Scores first: one forward pass each, short next to a batch of decoding.
+        while let Some((job, _slot)) = scores.pop_front() {
+            if job.reply.is_closed() {
+                continue;
+            }
+            let device = model.model.device();
+            let request = &job.request;
+            let result = score_tokens(
+                &model.model,
+                &request.tokens,
+                request.from,
+                request.top_k,
+                &device,
+            )
+            .map_err(|e| format!("scoring failed: {e}"));
+            let _ = job.reply.send(result);
         }
         // Requests whose client left while they waited are dropped unanswered.
         pending.retain(|(job, _)| !job.events.is_closed());
@@ -383,6 +455,7 @@ fn on_token(
     let _ = job.events.send(Event::Done {
         finish_reason,
         completion_tokens,
+        tokens: step.tokens.to_vec(),
     });
     Some(finish_reason)
 }

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (JSON, or SSE
-//! with `stream: true`), `GET /health`. Requests and responses follow OpenAI's shapes; errors
+//! with `stream: true`), `POST /v1/completions` (JSON), `GET /health`. Requests and responses follow OpenAI's shapes; errors
 //! are `{"error": {"message", "type", "param", "code"}}` with 400 (naming the field), 404
 //! (unknown model or URL) or 503 (queue full, with `Retry-After`).
 //!
@@ -23,7 +23,14 @@
 //!   samples depend only on its own seed, not on the batch it ran in; without a seed one is
 //!   drawn at random), `max_tokens` / `max_completion_tokens` (default: the rest of the context
 //!   window), `stop` (up to 4 strings, matched on the decoded text and never returned);
-//! - `n` must be 1; `logprobs`, `logit_bias`, non-zero penalties, tools and non-text content
+//! - `logprobs` / `top_logprobs` (at most 20) on chat, `logprobs` (0..=20) and `echo` on
+//!   completions: the model's raw log-probabilities (before temperature and top-p), from one
+//!   teacher-forced pass over prompt + answer after decoding; with `echo` the prompt's tokens
+//!   are scored too (the first has `null`), and `max_tokens: 0` scores without generating, as
+//!   lm-evaluation-harness needs to score a continuation. Not with `stream` (refused);
+//! - completions take one prompt (a string or token ids) and are not streamed (`stream` is
+//!   refused), `suffix` is refused, `max_tokens` defaults to 16 as OpenAI's;
+//! - `n` / `best_of` must be 1; `logit_bias`, non-zero penalties, tools and non-text content
 //!   parts are refused with 400 rather than ignored;
 //! - `response_format` `json_object` / `json_schema` is *prompted, not enforced*: the server
 //!   adds a system instruction (with the schema) and decodes normally, so the answer may still

@@ -1,10 +1,11 @@
-//! The OpenAI wire format: the chat completion request as clients send it (parsed leniently
-//! where OpenAI is lenient, strictly where a silent misreading would change the answer), the
-//! response, the stream chunk and the error body.
+//! The OpenAI wire format: the chat and text completion requests as clients send them (parsed
+//! leniently where OpenAI is lenient, strictly where a silent misreading would change the
+//! answer), the responses with their log-probabilities, the stream chunk and the error body.
 
 use axum::http::StatusCode;
 use axum::http::header::{HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -244,21 +245,29 @@ pub struct ValidatedRequest {
     /// An instruction added as a system message for `json_object` / `json_schema`
     /// (the output is prompted, not constrained).
     pub json_instruction: Option<String>,
+    /// `logprobs: true`: return each answer token's log-probability with this many most
+    /// likely alternatives (`top_logprobs`, default 0).
+    pub logprobs: Option<u8>,
 }
+
+/// Most alternatives per position for chat `top_logprobs` and completion `logprobs`
+/// (OpenAI's chat limit; vLLM's default limit too).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
 
-impl ChatCompletionRequest {
-    /// Parses a request body; a wrong field is named (`messages[0].content`, `temperature`).
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+/// Parses a request body; a wrong field is named (`messages[0].content`, `temperature`).
+/// `what` names the request kind in messages ("chat completion", "completion").
+fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    {
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let path = error.path().to_string();
             let inner = error.into_inner();
             if inner.is_syntax() || inner.is_eof() {
                 let message = if body.iter().all(u8::is_ascii_whitespace) {
-                    "The request body is empty; send a JSON chat completion request.".to_owned()
+                    format!("The request body is empty; send a JSON {what} request.")
                 } else {
                     format!("The request body is not valid JSON: {inner}")
                 };
@@ -282,7 +291,7 @@ impl ChatCompletionRequest {
                     param: None,
                     ..ApiError::bad_request(
                         "",
-                        format!("The request body is not a chat completion request: {text}"),
+                        format!("The request body is not a {what} request: {text}"),
                     )
                 }
             } else {
@@ -292,6 +301,94 @@ impl ChatCompletionRequest {
                 )
             }
         })
+    }
+}
+
+/// `temperature` (default 1, in 0..=2) and `top_p` (default 1, in (0, 1]).
+fn sampling(temperature: Option<f32>, top_p: Option<f32>) -> Result<(f32, f32), ApiError> {
+    let temperature = temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_request(
+            "temperature",
+            format!("'temperature' must be between 0 and 2, got {temperature}."),
+        ));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request(
+            "top_p",
+            format!("'top_p' must be in (0, 1], got {top_p}."),
+        ));
+    }
+    Ok((temperature, top_p))
+}
+
+/// `stop`: at most [`MAX_STOP_STRINGS`] non-empty strings.
+fn stop_strings(stop: &Option<Stop>) -> Result<Vec<String>, ApiError> {
+    let stop = match stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(list)) => list.clone(),
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::bad_request(
+            "stop",
+            format!(
+                "'stop' has {} entries; at most {MAX_STOP_STRINGS} are allowed.",
+                stop.len()
+            ),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "stop",
+            "'stop' strings must not be empty.",
+        ));
+    }
+    Ok(stop)
+}
+
+/// `n` (and `best_of`) must be 1: one choice per request.
+fn one_choice(param: &str, n: Option<u32>) -> Result<(), ApiError> {
+    match n {
+        Some(n) if n != 1 => Err(ApiError::bad_request(
+            param,
+            format!(
+                "{param} = {n} is not supported: this server returns exactly one choice per request; \
+                 send separate requests with different seeds instead."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Non-zero penalties and a non-empty `logit_bias` would change the answer: refused.
+fn no_logit_changes(
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    logit_bias: &Option<serde_json::Map<String, Value>>,
+) -> Result<(), ApiError> {
+    for (param, value) in [
+        ("frequency_penalty", frequency_penalty),
+        ("presence_penalty", presence_penalty),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::unsupported(
+                param,
+                "only 0 (no penalty) is implemented",
+            ));
+        }
+    }
+    if logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::unsupported("logit_bias", "logits are not biased"));
+    }
+    Ok(())
+}
+
+impl ChatCompletionRequest {
+    /// Parses a request body; a wrong field is named (`messages[0].content`, `temperature`).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        parse_body(body, "chat completion")
     }
 
     /// Checks every field against what this server implements.
@@ -306,17 +403,7 @@ impl ChatCompletionRequest {
         for (index, message) in self.messages.iter().enumerate() {
             turns.push(validate_message(index, message)?);
         }
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(ApiError::bad_request(
-                "n",
-                format!(
-                    "n = {n} is not supported: this server returns exactly one choice per request; \
-                     send separate requests with different seeds instead."
-                ),
-            ));
-        }
+        one_choice("n", self.n)?;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if max_tokens == Some(0) {
             let field = if self.max_completion_tokens.is_some() {
@@ -329,40 +416,8 @@ impl ChatCompletionRequest {
                 format!("'{field}' must be at least 1."),
             ));
         }
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::bad_request(
-                "temperature",
-                format!("'temperature' must be between 0 and 2, got {temperature}."),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::bad_request(
-                "top_p",
-                format!("'top_p' must be in (0, 1], got {top_p}."),
-            ));
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(list)) => list.clone(),
-        };
-        if stop.len() > MAX_STOP_STRINGS {
-            return Err(ApiError::bad_request(
-                "stop",
-                format!(
-                    "'stop' has {} entries; at most {MAX_STOP_STRINGS} are allowed.",
-                    stop.len()
-                ),
-            ));
-        }
-        if stop.iter().any(String::is_empty) {
-            return Err(ApiError::bad_request(
-                "stop",
-                "'stop' strings must not be empty.",
-            ));
-        }
+        let (temperature, top_p) = sampling(self.temperature, self.top_p)?;
+        let stop = stop_strings(&self.stop)?;
         let stream = self.stream.unwrap_or(false);
         if self.stream_options.is_some() && !stream {
             return Err(ApiError::bad_request(
@@ -375,31 +430,33 @@ impl ChatCompletionRequest {
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            let param = if self.logprobs == Some(true) {
-                "logprobs"
-            } else {
-                "top_logprobs"
-            };
-            return Err(ApiError::unsupported(
-                param,
-                "log-probabilities are not returned",
-            ));
-        }
-        for (param, value) in [
-            ("frequency_penalty", self.frequency_penalty),
-            ("presence_penalty", self.presence_penalty),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::unsupported(
-                    param,
-                    "only 0 (no penalty) is implemented",
+        let logprobs = match (self.logprobs == Some(true), self.top_logprobs) {
+            (_, Some(n)) if n > MAX_TOP_LOGPROBS => {
+                return Err(ApiError::bad_request(
+                    "top_logprobs",
+                    format!("'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {n}."),
                 ));
             }
+            (false, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "top_logprobs",
+                    "'top_logprobs' requires 'logprobs' to be true.",
+                ));
+            }
+            (true, top) => Some(top.unwrap_or(0) as u8),
+            (false, None) => None,
+        };
+        if logprobs.is_some() && stream {
+            return Err(ApiError::unsupported(
+                "logprobs",
+                "log-probabilities are returned with non-streamed answers only",
+            ));
         }
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(ApiError::unsupported("logit_bias", "logits are not biased"));
-        }
+        no_logit_changes(
+            self.frequency_penalty,
+            self.presence_penalty,
+            &self.logit_bias,
+        )?;
         for (param, list) in [("tools", &self.tools), ("functions", &self.functions)] {
             if list.as_ref().is_some_and(|l| !l.is_empty()) {
                 return Err(ApiError::unsupported(
@@ -434,8 +491,164 @@ impl ChatCompletionRequest {
             stream,
             include_usage,
             json_instruction,
+            logprobs,
         })
     }
+}
+
+/// `prompt` of a completion request: a string, token ids, or lists of them (only one prompt
+/// per request is accepted).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CompletionPrompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions` as sent (OpenAI's legacy completions, as vLLM serves them).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: CompletionPrompt,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub best_of: Option<u32>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Alternatives per position (0 = the chosen token's log-probability only).
+    #[serde(default)]
+    pub logprobs: Option<u32>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+}
+
+/// The prompt of a validated completion request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// What the server needs from a completion request, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedCompletion {
+    pub prompt: PromptInput,
+    /// 0 only with `echo` (the prompt scored, nothing generated).
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub echo: bool,
+    pub logprobs: Option<u8>,
+}
+
+/// OpenAI's default `max_tokens` for completions.
+pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+
+impl CompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        parse_body(body, "completion")
+    }
+
+    pub fn validate(&self) -> Result<ValidatedCompletion, ApiError> {
+        let prompt = match &self.prompt {
+            CompletionPrompt::Text(text) => PromptInput::Text(text.clone()),
+            CompletionPrompt::Tokens(ids) => PromptInput::Tokens(ids.clone()),
+            CompletionPrompt::Texts(list) if list.len() == 1 => PromptInput::Text(list[0].clone()),
+            CompletionPrompt::TokenLists(list) if list.len() == 1 => {
+                PromptInput::Tokens(list[0].clone())
+            }
+            CompletionPrompt::Texts(list) => return Err(several_prompts(list.len())),
+            CompletionPrompt::TokenLists(list) => return Err(several_prompts(list.len())),
+        };
+        let empty = match &prompt {
+            PromptInput::Text(text) => text.is_empty(),
+            PromptInput::Tokens(ids) => ids.is_empty(),
+        };
+        if empty {
+            return Err(ApiError::bad_request(
+                "prompt",
+                "'prompt' must not be empty.",
+            ));
+        }
+        one_choice("n", self.n)?;
+        one_choice("best_of", self.best_of)?;
+        let echo = self.echo.unwrap_or(false);
+        let max_tokens = self.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
+        if max_tokens == 0 && !echo {
+            return Err(ApiError::bad_request(
+                "max_tokens",
+                "'max_tokens' must be at least 1 (0 is allowed with 'echo', to score the prompt).",
+            ));
+        }
+        let (temperature, top_p) = sampling(self.temperature, self.top_p)?;
+        let stop = stop_strings(&self.stop)?;
+        if self.stream == Some(true) {
+            return Err(ApiError::unsupported(
+                "stream",
+                "streamed text completions are not implemented (chat completions stream)",
+            ));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::unsupported(
+                "suffix",
+                "insertion is not implemented",
+            ));
+        }
+        let logprobs = match self.logprobs {
+            Some(n) if n > MAX_TOP_LOGPROBS => {
+                return Err(ApiError::bad_request(
+                    "logprobs",
+                    format!("'logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {n}."),
+                ));
+            }
+            other => other.map(|n| n as u8),
+        };
+        no_logit_changes(
+            self.frequency_penalty,
+            self.presence_penalty,
+            &self.logit_bias,
+        )?;
+        Ok(ValidatedCompletion {
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            seed: self.seed.map(|s| s as u64),
+            stop,
+            echo,
+            logprobs,
+        })
+    }
+}
+
+fn several_prompts(count: usize) -> ApiError {
+    ApiError::unsupported(
+        "prompt",
+        &format!("{count} prompts in one request (send one request per prompt)"),
+    )
 }
 
 fn validate_message(index: usize, message: &RequestMessage) -> Result<Turn, ApiError> {
@@ -522,12 +735,67 @@ pub struct ResponseMessage {
     pub refusal: Option<String>,
 }
 
+/// One of the most likely tokens at a position of a chat answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One token of a chat answer with its log-probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `choices[].logprobs` of a chat completion.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprob>,
+    pub refusal: Option<Vec<TokenLogprob>>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Choice {
     pub index: u32,
     pub message: ResponseMessage,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: &'static str,
+}
+
+/// `choices[].logprobs` of a text completion: parallel lists, one entry per token of
+/// `text`; the first token of an echoed prompt has `null` log-probability and alternatives.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
+    /// Where each token starts in `text`, in characters.
+    pub text_offset: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: &'static str,
+}
+
+/// `object: "text_completion"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Usage,
 }
 
 /// `object: "chat.completion"`.
@@ -636,7 +904,18 @@ mod tests {
             "stop"
         );
         assert_eq!(param(&format!("{{{base},\"stop\":7}}")), "stop");
-        assert_eq!(param(&format!("{{{base},\"logprobs\":true}}")), "logprobs");
+        assert_eq!(
+            param(&format!("{{{base},\"logprobs\":true,\"stream\":true}}")),
+            "logprobs"
+        );
+        assert_eq!(
+            param(&format!("{{{base},\"top_logprobs\":2}}")),
+            "top_logprobs"
+        );
+        assert_eq!(
+            param(&format!("{{{base},\"logprobs\":true,\"top_logprobs\":21}}")),
+            "top_logprobs"
+        );
         assert_eq!(
             param(&format!("{{{base},\"stream_options\":{{}}}}")),
             "stream_options"
@@ -664,6 +943,71 @@ mod tests {
         assert_eq!(syntax.status, StatusCode::BAD_REQUEST);
         assert!(syntax.param.is_none());
         assert!(parse("").unwrap_err().message.contains("empty"));
+    }
+
+    #[test]
+    fn logprobs_are_validated() {
+        let base = r#""model":"m","messages":[{"role":"user","content":"x"}]"#;
+        let with = parse(&format!("{{{base},\"logprobs\":true,\"top_logprobs\":5}}")).unwrap();
+        assert_eq!(with.logprobs, Some(5));
+        let bare = parse(&format!("{{{base},\"logprobs\":true}}")).unwrap();
+        assert_eq!(bare.logprobs, Some(0));
+        let off = parse(&format!("{{{base},\"logprobs\":false}}")).unwrap();
+        assert_eq!(off.logprobs, None);
+    }
+
+    fn completion(json: &str) -> Result<ValidatedCompletion, ApiError> {
+        CompletionRequest::parse(json.as_bytes())?.validate()
+    }
+
+    #[test]
+    fn completion_requests_parse_like_vllm_and_name_bad_fields() {
+        let r = completion(
+            r#"{"model":"m","prompt":"2+2=","echo":true,"logprobs":1,"max_tokens":0,
+                "temperature":0,"stop":["\n"],"seed":3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt, PromptInput::Text("2+2=".into()));
+        assert!(r.echo);
+        assert_eq!((r.logprobs, r.max_tokens, r.seed), (Some(1), 0, Some(3)));
+        let defaults = completion(r#"{"model":"m","prompt":["hi"]}"#).unwrap();
+        assert_eq!(defaults.max_tokens, DEFAULT_COMPLETION_TOKENS);
+        assert_eq!(
+            (defaults.echo, defaults.logprobs, defaults.temperature),
+            (false, None, 1.0)
+        );
+        let ids = completion(r#"{"model":"m","prompt":[[1,2,3]]}"#).unwrap();
+        assert_eq!(ids.prompt, PromptInput::Tokens(vec![1, 2, 3]));
+
+        let param = |json: &str| completion(json).unwrap_err().param.unwrap_or_default();
+        assert_eq!(param(r#"{"model":"m","prompt":""}"#), "prompt");
+        assert_eq!(param(r#"{"model":"m","prompt":["a","b"]}"#), "prompt");
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","max_tokens":0}"#),
+            "max_tokens"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","logprobs":21}"#),
+            "logprobs"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","stream":true}"#),
+            "stream"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","best_of":2}"#),
+            "best_of"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","suffix":"y"}"#),
+            "suffix"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","prompt":"x","temperature":-1}"#),
+            "temperature"
+        );
+        assert_eq!(param(r#"{"model":"m"}"#), "prompt");
+        assert_eq!(param(r#"{"model":"m","prompt":7}"#), "prompt");
     }
 
     #[test]

@@ -406,10 +406,10 @@ async fn bad_requests_get_openai_errors() {
             None,
         ),
         (
-            with("logprobs", json!(true)),
+            with("top_logprobs", json!(3)),
             400,
-            Some("logprobs"),
-            Some("unsupported_parameter"),
+            Some("top_logprobs"),
+            None,
         ),
         (
             with("stop", json!(["a", "b", "c", "d", "e"])),
@@ -515,4 +515,215 @@ async fn llm_client_streams_and_records_in_its_ledger() {
     let counts = client.ledger().counts().unwrap();
     assert_eq!((counts.done, counts.failed, counts.attempts), (2, 0, 2));
     assert!(client.chat(streamed_request).await.unwrap().from_ledger);
+}
+
+async fn post_completion(body: &Value) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/completions", shared().base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+const SENTENCE: &str = "The capital of France is Paris";
+
+/// Echo + logprobs (what lm-evaluation-harness sends to score a continuation): the prompt's
+/// tokens come back with the log-probabilities the in-process model gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_with_logprobs_scores_the_prompt_like_the_model_does() {
+    let shared = shared();
+    let body = json!({"model": MODEL, "prompt": SENTENCE, "max_tokens": 0, "echo": true,
+                      "logprobs": 2, "temperature": 0});
+    let (status, scored) = post_completion(&body).await;
+    assert_eq!(status, 200, "{scored}");
+    assert_eq!(scored["object"], "text_completion");
+    assert!(scored["id"].as_str().unwrap().starts_with("cmpl-"));
+    let choice = &scored["choices"][0];
+    assert_eq!(choice["text"], SENTENCE);
+    let ids = shared.tokenizer.encode(SENTENCE, false).unwrap();
+    assert_eq!(scored["usage"]["prompt_tokens"], ids.len());
+    assert_eq!(scored["usage"]["completion_tokens"], 0);
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), ids.len());
+    assert_eq!(tokens.concat(), SENTENCE);
+    let offsets: Vec<usize> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap() as usize)
+        .collect();
+    for (token, &offset) in tokens.iter().zip(&offsets) {
+        assert!(
+            SENTENCE[offset..].starts_with(token),
+            "{token:?} at {offset}"
+        );
+    }
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+
+    // The same numbers from the model in-process (llama's log-likelihood of everything after
+    // the first token).
+    let model = load();
+    let reference = llama::loglikelihood::loglikelihood(
+        &model.model,
+        &[llama::loglikelihood::LoglikelihoodRequest {
+            context: ids[..1].to_vec(),
+            continuation: ids[1..].to_vec(),
+        }],
+        1,
+        &model.model.device(),
+    )
+    .unwrap();
+    for (position, want) in reference[0].token_logprobs.iter().enumerate() {
+        let got = lp["token_logprobs"][position + 1].as_f64().unwrap();
+        assert!((got - f64::from(*want)).abs() < 1e-4, "{got} vs {want}");
+        let top = lp["top_logprobs"][position + 1].as_object().unwrap();
+        assert!((1..=2).contains(&top.len()), "{top:?}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(got <= best + 1e-6);
+    }
+
+    // With one generated token (lm-evaluation-harness's shape): the prompt's numbers are
+    // unchanged and one entry follows, starting where the prompt ends.
+    let mut one = body.clone();
+    one["max_tokens"] = json!(1);
+    let (status, more) = post_completion(&one).await;
+    assert_eq!(status, 200, "{more}");
+    let more_lp = &more["choices"][0]["logprobs"];
+    assert_eq!(more_lp["tokens"].as_array().unwrap().len(), ids.len() + 1);
+    assert_eq!(more_lp["text_offset"][ids.len()], SENTENCE.chars().count());
+    assert!(
+        more["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(SENTENCE)
+    );
+    for position in 1..ids.len() {
+        let a = more_lp["token_logprobs"][position].as_f64().unwrap();
+        let b = lp["token_logprobs"][position].as_f64().unwrap();
+        assert!((a - b).abs() < 1e-4, "position {position}: {a} vs {b}");
+    }
+
+    // Without echo: only the generated text and its tokens.
+    let (status, plain) = post_completion(
+        &json!({"model": MODEL, "prompt": "The capital of France is",
+        "max_tokens": 3, "temperature": 0, "logprobs": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{plain}");
+    let text = plain["choices"][0]["text"].as_str().unwrap();
+    let plain_lp = &plain["choices"][0]["logprobs"];
+    let pieces: Vec<&str> = plain_lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces.concat(), text);
+    assert_eq!(plain_lp["text_offset"][0], 0);
+    assert!(plain_lp["top_logprobs"][0].as_object().unwrap().is_empty());
+
+    // Requests that cannot be served are refused, naming the field.
+    for (body, param) in [
+        (
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": MODEL, "prompt": "x", "stream": true}),
+            "stream",
+        ),
+        (json!({"model": MODEL, "prompt": ["a", "b"]}), "prompt"),
+        (
+            json!({"model": MODEL, "prompt": [1, 2, 99_999_999]}),
+            "prompt",
+        ),
+    ] {
+        let (status, error) = post_completion(&body).await;
+        assert_eq!(status, 400, "{error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+    let (status, _) = post_completion(&json!({"model": "other", "prompt": "x"})).await;
+    assert_eq!(status, 404);
+}
+
+/// Chat `logprobs`: one entry per answer token, spelling the answer; greedy decoding took the
+/// most likely token each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_logprobs_follow_the_greedy_answer() {
+    let mut body = chat_body(FRANCE, 32);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let (status, answer) = post(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    let parsed: CreateChatCompletionResponse = serde_json::from_value(answer.clone()).unwrap();
+    let content = parsed.choices[0].message.content.clone().unwrap();
+    assert_eq!(content, "The capital of France is Paris.");
+    let tokens = parsed.choices[0]
+        .logprobs
+        .as_ref()
+        .unwrap()
+        .content
+        .clone()
+        .unwrap();
+    let spelled: String = tokens.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(spelled, content);
+    for token in &tokens {
+        assert_eq!(token.top_logprobs.len(), 3);
+        assert_eq!(token.top_logprobs[0].token, token.token, "greedy");
+        assert!((token.top_logprobs[0].logprob - token.logprob).abs() < 1e-5);
+        assert!(token.top_logprobs[1].logprob <= token.top_logprobs[0].logprob);
+        assert_eq!(token.bytes.as_deref(), Some(token.token.as_bytes()));
+    }
+    // Through llm-client: the same numbers, kept in its ledger.
+    use llm_client::{ChatRequest, ClientConfig, CompletionRequest, Endpoint, LlmClient};
+    let dir = tempfile::tempdir().unwrap();
+    let client = LlmClient::new(ClientConfig::new(
+        Endpoint::new(&shared().base, MODEL),
+        dir.path().join("ledger.sqlite"),
+    ))
+    .unwrap();
+    let via_client = client
+        .chat(
+            ChatRequest::user(FRANCE)
+                .with_temperature(0.0)
+                .with_max_tokens(32)
+                .with_logprobs(3),
+        )
+        .await
+        .unwrap();
+    let client_tokens = via_client.logprobs.unwrap();
+    assert_eq!(client_tokens.len(), tokens.len());
+    for (a, b) in client_tokens.iter().zip(&tokens) {
+        assert_eq!(a.token, b.token);
+        assert!((a.logprob.unwrap() - b.logprob).abs() < 1e-4);
+    }
+    let scored = client
+        .completion(
+            CompletionRequest::new(SENTENCE)
+                .with_max_tokens(1)
+                .with_temperature(0.0)
+                .with_echo()
+                .with_logprobs(1),
+        )
+        .await
+        .unwrap();
+    let entries = scored.logprobs.unwrap();
+    let paris = entries
+        .iter()
+        .find(|t| t.text_offset == Some(SENTENCE.find(" Paris").unwrap() as u32))
+        .unwrap();
+    assert_eq!(paris.token, " Paris");
+    assert!(paris.logprob.unwrap() < 0.0);
 }

@@ -210,6 +210,40 @@ fn words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
+/// The fake server's tokens of a text: each word with the spaces after it, with its offset
+/// in characters.
+pub fn fake_tokens(text: &str) -> Vec<(String, u32)> {
+    let mut tokens: Vec<(String, u32)> = Vec::new();
+    let mut current = String::new();
+    let mut start = 0u32;
+    for (offset, c) in (0u32..).zip(text.chars()) {
+        if c != ' ' && current.ends_with(' ') {
+            tokens.push((std::mem::take(&mut current), start));
+            start = offset;
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        tokens.push((current, start));
+    }
+    tokens
+}
+
+/// The fake log-probability of a token: -0.1 per character.
+pub fn fake_logprob(token: &str) -> f32 {
+    -0.1 * token.chars().count() as f32
+}
+
+/// `top` alternatives at a token's position: the token itself first, then `alt1`, `alt2`, ...
+pub fn fake_top(token: &str, top: usize) -> Vec<(String, f32)> {
+    let mut alternatives = vec![(token.to_owned(), fake_logprob(token))];
+    for i in 1..top {
+        alternatives.push((format!("alt{i}"), fake_logprob(token) - i as f32));
+    }
+    alternatives.truncate(top);
+    alternatives
+}
+
 /// The answer the server gives for a prompt.
 pub fn expected_content(prompt: &str) -> String {
     format!("echo: {prompt}")
@@ -335,13 +369,17 @@ async fn handle(
     let config = &state.config;
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let messages = parsed["messages"].as_array().cloned().unwrap_or_default();
-    let prompt = messages
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_owned();
+    // `/v1/completions` carries a text prompt instead of messages.
+    let text_prompt = parsed["prompt"].as_str().map(str::to_owned);
+    let prompt = text_prompt.clone().unwrap_or_else(|| {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    });
     let had_response_format = parsed.get("response_format").is_some();
     let authorization = headers.get("authorization").cloned();
     let mut record = Record {
@@ -361,9 +399,12 @@ async fn handle(
     };
     let update = |record: &Record| state.records.lock().unwrap()[index] = record.clone();
 
-    if !headers[":request-line"].starts_with("POST ")
-        || !headers[":request-line"].contains("/v1/chat/completions")
-    {
+    let route = if text_prompt.is_some() {
+        "/v1/completions "
+    } else {
+        "/v1/chat/completions "
+    };
+    if !headers[":request-line"].starts_with("POST ") || !headers[":request-line"].contains(route) {
         record.fault = Some("not_found".into());
         update(&record);
         return write_error(
@@ -525,12 +566,77 @@ async fn handle(
             .join(" ");
         finish_reason = "length";
     }
-    let prompt_tokens: u64 = messages
-        .iter()
-        .map(|m| words(m["content"].as_str().unwrap_or("")) + 3)
-        .sum();
+    let prompt_tokens: u64 = match &text_prompt {
+        Some(text) => words(text),
+        None => messages
+            .iter()
+            .map(|m| words(m["content"].as_str().unwrap_or("")) + 3)
+            .sum(),
+    };
     let completion_tokens = words(&content);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    if let Some(text_prompt) = &text_prompt {
+        let echo = parsed["echo"] == true;
+        let text = if echo {
+            format!("{text_prompt}{content}")
+        } else {
+            content.clone()
+        };
+        let logprobs = parsed["logprobs"].as_u64().map(|top| {
+            let pieces = fake_tokens(&text);
+            json!({
+                "tokens": pieces.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+                "token_logprobs": pieces.iter().enumerate()
+                    .map(|(i, (t, _))| if echo && i == 0 { Value::Null } else { json!(fake_logprob(t)) })
+                    .collect::<Vec<_>>(),
+                "top_logprobs": pieces.iter().enumerate()
+                    .map(|(i, (t, _))| if echo && i == 0 { Value::Null } else {
+                        Value::Object(fake_top(t, top as usize).into_iter().map(|(k, v)| (k, json!(v))).collect())
+                    })
+                    .collect::<Vec<_>>(),
+                "text_offset": pieces.iter().map(|(_, o)| o).collect::<Vec<_>>(),
+            })
+        });
+        let body = json!({
+            "id": format!("cmpl-{id}"),
+            "object": "text_completion",
+            "created": 1_700_000_000u32,
+            "model": parsed["model"],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens
+            }
+        })
+        .to_string();
+        record.billed_usd = (prompt_tokens as f64 * config.prices.0
+            + completion_tokens as f64 * config.prices.1)
+            / 1e6;
+        let mut bytes = response_head(200, "OK", body.len(), &[]);
+        bytes.extend_from_slice(body.as_bytes());
+        let ok = stream.write_all(&bytes).await.is_ok();
+        record.delivered_ok = ok;
+        update(&record);
+        return ok;
+    }
+    let chat_logprobs = (parsed["logprobs"] == true).then(|| {
+        let top = parsed["top_logprobs"].as_u64().unwrap_or(0) as usize;
+        let content: Vec<Value> = fake_tokens(&content)
+            .into_iter()
+            .map(|(token, _)| {
+                json!({
+                    "token": token,
+                    "logprob": fake_logprob(&token),
+                    "bytes": token.as_bytes(),
+                    "top_logprobs": fake_top(&token, top).into_iter()
+                        .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": t.as_bytes()}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    });
     let body = json!({
         "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",
@@ -540,7 +646,7 @@ async fn handle(
             "index": 0,
             "message": {"role": "assistant", "content": content},
             "finish_reason": finish_reason,
-            "logprobs": null
+            "logprobs": chat_logprobs
         }],
         "usage": {
             "prompt_tokens": prompt_tokens,
