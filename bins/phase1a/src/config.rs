@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use lora_training::{DataConfig, LoraConfig, TrainConfig};
+use pipeline::ModelSection;
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration (SmolLM2 on the arithmetic demo task).
@@ -24,20 +25,6 @@ pub struct Phase1aConfig {
     pub merge: MergeSection,
     #[serde(default)]
     pub validate: ValidateSection,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub path: PathBuf,
-    #[serde(default = "cpu")]
-    pub device: String,
-    #[serde(default)]
-    pub precision: Option<String>,
-}
-
-fn cpu() -> String {
-    "cpu".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

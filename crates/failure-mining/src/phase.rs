@@ -18,6 +18,7 @@ use llm_client::{
     ChatClusterLabeller, ChatRequest, ClientConfig, Endpoint, EndpointSettings, LlmClient, Progress,
 };
 use llm_client::{ServeOptions, ServeProcess};
+use pipeline::ModelSection;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
 use records::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
@@ -38,6 +39,7 @@ use crate::testset::{TestSetConfig, build_testset, read_testset, write_testset};
 #[serde(deny_unknown_fields)]
 pub struct Phase1bConfig {
     pub run_dir: PathBuf,
+    /// The model under test: a local HF directory or GGUF file.
     pub model: ModelSection,
     pub testset: TestSetSection,
     #[serde(default)]
@@ -48,23 +50,6 @@ pub struct Phase1bConfig {
     pub labels: LabelSection,
     /// The sentence encoder (all-MiniLM-L6-v2 directory).
     pub embedding_model: PathBuf,
-}
-
-/// The model under test: a local HF directory or GGUF file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub path: PathBuf,
-    /// cpu, cuda or cuda:N.
-    #[serde(default = "cpu")]
-    pub device: String,
-    /// f32 or bf16 (default: f32 on the CPU, bf16 on a GPU).
-    #[serde(default)]
-    pub precision: Option<String>,
-}
-
-fn cpu() -> String {
-    "cpu".into()
 }
 
 /// The test set as configured (paths default to the assets folder).

@@ -17,6 +17,24 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+/// The model a phase loads, as every phase's config names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF model directory or `.gguf` file.
+    pub path: std::path::PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// `f32` or `bf16` (default: f32 on the CPU, bf16 on a GPU).
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
 /// A configuration that cannot be read, parsed or overridden.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
