@@ -495,3 +495,35 @@ fn python_output(python: &str, program: &str, path: &Path, extra: &Path) -> Resu
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_copy_writes_a_smaller_runnable_copy_and_leaves_no_partial_file() {
+        // This test binary keeps its symbols and line tables, like the release GPU binaries.
+        let binary = env::current_exe().unwrap();
+        let dir = env::temp_dir().join(format!("xtask-strip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("stripped");
+        let size = strip_copy(&binary, &out).unwrap();
+        assert!(size.ends_with(" MB"), "{size}");
+        let (before, after) = (
+            std::fs::metadata(&binary).unwrap().len(),
+            std::fs::metadata(&out).unwrap().len(),
+        );
+        assert!(after < before, "{after} bytes stripped vs {before}");
+        assert!(!out.with_extension("partial").exists());
+        // The stripped copy still runs: it lists its tests.
+        let status = Command::new(&out).arg("--list").output().unwrap().status;
+        assert!(status.success());
+        // A file that is not a binary is an error naming it, and nothing is left behind.
+        let text = dir.join("notes.txt");
+        std::fs::write(&text, "not an ELF file").unwrap();
+        let error = strip_copy(&text, &dir.join("bad")).unwrap_err().to_string();
+        assert!(error.contains("notes.txt"), "{error}");
+        assert!(!dir.join("bad").exists() && !dir.join("bad.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
