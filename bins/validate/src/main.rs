@@ -3,7 +3,9 @@
 //!
 //! Models: a local HF model directory or GGUF file (`validate assets/smollm2-135m-instruct
 //! --device cpu`), or an OpenAI-compatible endpoint (`--endpoint http://127.0.0.1:8000/v1
-//! --served-model NAME`, generation-only protocols).
+//! --served-model NAME`, http or https; MMLU by log-likelihood where the server answers prompt
+//! log-probabilities, as vLLM and `serve` do, else by the generative chat protocol). Endpoint
+//! answers are kept in a ledger (`--ledger`), so an interrupted run resumes and a rerun is free.
 
 use std::path::PathBuf;
 
@@ -50,6 +52,9 @@ struct Args {
     /// Environment variable holding the endpoint's API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
+    /// SQLite ledger of endpoint answers (default: <out>/endpoint-ledger.sqlite).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
     /// Output directory for records and results (reruns resume from it).
     #[arg(long, default_value = "runs/validate")]
     out: PathBuf,
@@ -118,6 +123,10 @@ fn main() -> anyhow::Result<()> {
                 url,
                 &args.served_model,
                 Some(&args.api_key_env),
+                &args
+                    .ledger
+                    .clone()
+                    .unwrap_or_else(|| args.out.join("endpoint-ledger.sqlite")),
             )?),
         ),
         (Some(path), None) => {
@@ -141,8 +150,9 @@ fn main() -> anyhow::Result<()> {
     };
     if mmlu_protocol == MmluProtocol::Loglikelihood && !model.supports_loglikelihood() {
         tracing::warn!(
-            "{} cannot score log-likelihoods: MMLU uses the generative chat protocol",
-            model.name()
+            "{} cannot score log-likelihoods ({}): MMLU uses the generative chat protocol",
+            model.name(),
+            model.loglikelihood_unsupported_reason()
         );
         mmlu_protocol = MmluProtocol::GenerativeChat;
     }

@@ -46,8 +46,8 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
-    #[error("model `{model}` cannot score log-likelihoods; use a generative protocol")]
-    LoglikelihoodUnsupported { model: String },
+    #[error("model `{model}` cannot score log-likelihoods ({reason}); use a generative protocol")]
+    LoglikelihoodUnsupported { model: String, reason: String },
     #[error("invalid option `{option}`: {message}")]
     InvalidOption {
         option: &'static str,
@@ -57,6 +57,13 @@ pub enum Error {
     UnknownSubject { subject: String, path: PathBuf },
     #[error("endpoint {url}: {message}")]
     Endpoint { url: String, message: String },
+    /// A request to an endpoint failed (after the client's retries, where they apply).
+    #[error("endpoint {url}: {source}")]
+    EndpointRequest {
+        url: String,
+        #[source]
+        source: llm_client::Error,
+    },
     #[error("sandbox: {message}")]
     Sandbox { message: String },
     #[error(transparent)]

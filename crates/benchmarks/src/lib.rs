@@ -1,6 +1,7 @@
 //! MMLU, GSM8K and HumanEval over one small model trait, [`LanguageModel`], which the local
-//! model implements (log-likelihood and generation) and an OpenAI-compatible endpoint implements
-//! for the generation-only protocols.
+//! model implements and an OpenAI-compatible endpoint implements through `llm-client`
+//! ([`OpenAiEndpoint`]: generation, and log-likelihood where the server answers prompt
+//! log-probabilities, as vLLM and tuneloop's `serve` do).
 //!
 //! ```no_run
 //! use benchmarks::{LanguageModel, gsm8k::{Gsm8kOptions, run_gsm8k}};

@@ -154,6 +154,7 @@ pub fn run_mmlu(
     if options.protocol == MmluProtocol::Loglikelihood && !model.supports_loglikelihood() {
         return Err(Error::LoglikelihoodUnsupported {
             model: model.name(),
+            reason: model.loglikelihood_unsupported_reason(),
         });
     }
     if options.shots > 5 {

@@ -1,5 +1,5 @@
-//! The seam between the harness and whatever answers: the local model (log-likelihood and
-//! generation) or an OpenAI-compatible endpoint (generation only).
+//! The seam between the harness and whatever answers: the local model or an OpenAI-compatible
+//! endpoint (log-likelihood where the server answers prompt log-probabilities, and generation).
 //!
 //! Requests are text-level: the implementation tokenises, including lm-evaluation-harness's
 //! context/continuation split (tokenise `context + continuation`, score the tokens after the
@@ -43,8 +43,14 @@ pub trait LanguageModel: Sync {
     /// Name recorded in results (model path or endpoint model id).
     fn name(&self) -> String;
 
-    /// Whether [`LanguageModel::loglikelihood`] works (chat endpoints usually cannot).
+    /// Whether [`LanguageModel::loglikelihood`] works (an endpoint only where the server
+    /// answers prompt log-probabilities).
     fn supports_loglikelihood(&self) -> bool;
+
+    /// Why [`LanguageModel::supports_loglikelihood`] is false, for the error that says so.
+    fn loglikelihood_unsupported_reason(&self) -> String {
+        "it scores generations only".into()
+    }
 
     /// One answer per request, in order.
     fn loglikelihood(

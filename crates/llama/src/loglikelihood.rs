@@ -111,7 +111,13 @@ pub fn score_tokens(
             .try_into_vec::<f32>()
             .expect("f32 log-probs");
         let (top_values, top_ids) = if top_k > 0 {
-            let (values, ids) = logprobs.topk_with_indices(top_k, 2);
+            // The most likely token alone (what lm-evaluation-harness asks for) is a max, not
+            // a sort of the vocabulary.
+            let (values, ids) = if top_k == 1 {
+                logprobs.max_dim_with_indices(2)
+            } else {
+                logprobs.topk_with_indices(top_k, 2)
+            };
             (
                 values.into_data().try_into_vec::<f32>().expect("f32 top"),
                 ids.into_data()
