@@ -1,5 +1,9 @@
 //! The human-facing report: Markdown and self-contained HTML (inline SVG) with a per-cluster
 //! table, the choice of k, stability, and a 2-D PCA map of the points.
+//!
+//! Each table is built once as a [`Table`] from the data and rendered twice
+//! ([`Table::to_markdown`], [`Table::to_html`]), so the two reports cannot disagree on what a
+//! table holds.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -145,6 +149,205 @@ fn short(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// A column of a [`Table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub title: &'static str,
+    /// Whether the Markdown rendering shows it (long member lists get their own section there:
+    /// a Markdown table cell cannot hold a list).
+    pub in_markdown: bool,
+}
+
+impl Column {
+    const fn both(title: &'static str) -> Self {
+        Self {
+            title,
+            in_markdown: true,
+        }
+    }
+}
+
+/// One cell of a [`Table`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Text(String),
+    /// A cluster's name with its map colour (a swatch in HTML) and who labelled it (a note
+    /// under the name in HTML; the Markdown report says it in the members section).
+    Cluster {
+        name: String,
+        colour: String,
+        labelled_by: Option<String>,
+    },
+    /// Nearest members: `(id, distance, text)`.
+    Members(Vec<(String, f64, String)>),
+}
+
+/// A table of the report: columns and rows of cells, rendered as Markdown or HTML.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+impl Table {
+    /// A pipe table; cells on one line with `|` escaped.
+    pub fn to_markdown(&self) -> String {
+        let shown: Vec<usize> = (0..self.columns.len())
+            .filter(|&c| self.columns[c].in_markdown)
+            .collect();
+        let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+        let mut out = line(
+            shown
+                .iter()
+                .map(|&c| self.columns[c].title.into())
+                .collect(),
+        );
+        out.push_str(&format!("|{}\n", "---|".repeat(shown.len())));
+        for row in &self.rows {
+            out.push_str(&line(
+                shown
+                    .iter()
+                    .map(|&c| match &row[c] {
+                        Cell::Text(text) | Cell::Cluster { name: text, .. } => markdown_cell(text),
+                        Cell::Members(members) => markdown_cell(
+                            &members
+                                .iter()
+                                .map(|(id, distance, text)| {
+                                    format!("`{}` ({distance:.3}) {text}", id.replace('`', "'"))
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ),
+                    })
+                    .collect(),
+            ));
+        }
+        out
+    }
+
+    /// A `<table>` with every cell escaped.
+    pub fn to_html(&self) -> String {
+        let mut out = String::from("<table><tr>");
+        for column in &self.columns {
+            let _ = write!(out, "<th>{}</th>", escape_html(column.title));
+        }
+        out.push_str("</tr>\n");
+        for row in &self.rows {
+            out.push_str("<tr>");
+            for cell in row {
+                out.push_str("<td>");
+                match cell {
+                    Cell::Text(text) => out.push_str(&escape_html(text)),
+                    Cell::Cluster {
+                        name,
+                        colour,
+                        labelled_by,
+                    } => {
+                        let _ = write!(
+                            out,
+                            "<span class=\"swatch\" style=\"background:{}\"></span>{}",
+                            escape_html(colour),
+                            escape_html(name)
+                        );
+                        if let Some(by) = labelled_by {
+                            let _ =
+                                write!(out, "<br><small>labelled by {}</small>", escape_html(by));
+                        }
+                    }
+                    Cell::Members(members) => {
+                        out.push_str("<ul>");
+                        for (id, distance, text) in members {
+                            let _ = write!(
+                                out,
+                                "<li><code>{}</code> ({distance:.3}) {}</li>",
+                                escape_html(id),
+                                escape_html(text)
+                            );
+                        }
+                        out.push_str("</ul>");
+                    }
+                }
+                out.push_str("</td>");
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+        out
+    }
+}
+
+/// The silhouette and inertia of each candidate k.
+fn k_table(selection: &KSelection) -> Table {
+    Table {
+        columns: vec![
+            Column::both("k"),
+            Column::both("silhouette"),
+            Column::both("inertia"),
+        ],
+        rows: selection
+            .candidates
+            .iter()
+            .map(|c| {
+                vec![
+                    Cell::Text(c.k.to_string()),
+                    Cell::Text(format!("{:.4}", c.silhouette)),
+                    Cell::Text(format!("{:.4}", c.inertia)),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// One row per cluster.
+fn cluster_table(clusters: &[ClusterRecord]) -> Table {
+    Table {
+        columns: vec![
+            Column::both("id"),
+            Column::both("name"),
+            Column::both("size"),
+            Column::both("share"),
+            Column::both("mean dist."),
+            Column::both("keywords"),
+            Column::both("description"),
+            Column {
+                title: "nearest members",
+                in_markdown: false,
+            },
+        ],
+        rows: clusters
+            .iter()
+            .map(|record| {
+                vec![
+                    Cell::Text(record.id.to_string()),
+                    Cell::Cluster {
+                        name: cluster_name(record),
+                        colour: colour(record.id),
+                        labelled_by: record.label.as_ref().map(|l| l.labelled_by.clone()),
+                    },
+                    Cell::Text(record.size.to_string()),
+                    Cell::Text(format!("{:.1}%", record.share * 100.0)),
+                    Cell::Text(format!("{:.3}", record.centroid_distance.mean)),
+                    Cell::Text(keyword_list(record, 8)),
+                    Cell::Text(
+                        record
+                            .label
+                            .as_ref()
+                            .map_or("", |l| l.description.as_str())
+                            .to_owned(),
+                    ),
+                    Cell::Members(
+                        record
+                            .representatives
+                            .iter()
+                            .map(|m| (m.id.clone(), f64::from(m.distance), short(&m.text, 200)))
+                            .collect(),
+                    ),
+                ]
+            })
+            .collect(),
+    }
+}
+
 /// The report as Markdown; the map is referenced as `clusters_map.svg` beside it.
 pub fn render_markdown(input: &ReportInput<'_>) -> String {
     let mut out = String::new();
@@ -161,19 +364,16 @@ pub fn render_markdown(input: &ReportInput<'_>) -> String {
     if let Some(selection) = input.selection {
         let _ = writeln!(
             out,
-            "## Choice of k\n\nSilhouette on {} points{}; best k = {}.\n\n| k | silhouette | inertia |\n|---|---|---|",
+            "## Choice of k\n\nSilhouette on {} points{}; best k = {}.\n\n{}",
             selection.silhouette_points,
             if selection.sampled {
                 " (seeded sample)"
             } else {
                 " (all)"
             },
-            selection.best_k
+            selection.best_k,
+            k_table(selection).to_markdown()
         );
-        for c in &selection.candidates {
-            let _ = writeln!(out, "| {} | {:.4} | {:.4} |", c.k, c.silhouette, c.inertia);
-        }
-        out.push('\n');
     }
     if let Some(stability) = input.stability {
         let _ = writeln!(
@@ -185,23 +385,11 @@ pub fn render_markdown(input: &ReportInput<'_>) -> String {
             stability.min
         );
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "## Clusters\n\n| id | name | size | share | mean dist. | keywords | description |\n|---|---|---|---|---|---|---|"
+        "## Clusters\n\n{}",
+        cluster_table(input.clusters).to_markdown()
     );
-    for record in input.clusters {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.1}% | {:.3} | {} | {} |",
-            record.id,
-            markdown_cell(&cluster_name(record)),
-            record.size,
-            record.share * 100.0,
-            record.centroid_distance.mean,
-            markdown_cell(&keyword_list(record, 8)),
-            markdown_cell(record.label.as_ref().map_or("", |l| l.description.as_str())),
-        );
-    }
     let _ = writeln!(
         out,
         "\n## Map\n\n![2-D PCA map of the clusters]({MAP_FILE})\n\nPCA components explain {:.1}% and {:.1}% of the variance.\n",
@@ -353,25 +541,18 @@ pub fn render_html(input: &ReportInput<'_>, svg: &str) -> String {
         input.n_iter
     );
     if let Some(selection) = input.selection {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "<h2>Choice of k</h2><p>Silhouette on {} points{}; best k = {}.</p><table><tr><th>k</th><th>silhouette</th><th>inertia</th></tr>",
+            "<h2>Choice of k</h2><p>Silhouette on {} points{}; best k = {}.</p>{}",
             selection.silhouette_points,
             if selection.sampled {
                 " (seeded sample)"
             } else {
                 " (all)"
             },
-            selection.best_k
+            selection.best_k,
+            k_table(selection).to_html()
         );
-        for c in &selection.candidates {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
-                c.k, c.silhouette, c.inertia
-            );
-        }
-        out.push_str("</table>\n");
     }
     if let Some(stability) = input.stability {
         let _ = writeln!(
@@ -391,45 +572,48 @@ pub fn render_html(input: &ReportInput<'_>, svg: &str) -> String {
         input.map.points.len(),
         input.map.n_total
     );
-    out.push_str("<h2>Clusters</h2><table><tr><th>id</th><th>name</th><th>size</th><th>share</th><th>mean dist.</th><th>keywords</th><th>description</th><th>nearest members</th></tr>\n");
-    for record in input.clusters {
-        let members: String = record
-            .representatives
-            .iter()
-            .map(|m| {
-                format!(
-                    "<li><code>{}</code> ({:.3}) {}</li>",
-                    escape_html(&m.id),
-                    m.distance,
-                    escape_html(&short(&m.text, 200))
-                )
-            })
-            .collect();
-        let labelled_by = record
-            .label
-            .as_ref()
-            .map(|l| {
-                format!(
-                    "<br><small>labelled by {}</small>",
-                    escape_html(&l.labelled_by)
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td><span class=\"swatch\" style=\"background:{}\"></span>{}{}</td><td>{}</td><td>{:.1}%</td><td>{:.3}</td><td>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
-            record.id,
-            colour(record.id),
-            escape_html(&cluster_name(record)),
-            labelled_by,
-            record.size,
-            record.share * 100.0,
-            record.centroid_distance.mean,
-            escape_html(&keyword_list(record, 8)),
-            escape_html(record.label.as_ref().map_or("", |l| l.description.as_str())),
-            members
-        );
-    }
-    out.push_str("</table>\n</body></html>\n");
+    let _ = write!(
+        out,
+        "<h2>Clusters</h2>{}",
+        cluster_table(input.clusters).to_html()
+    );
+    out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_two_renderings() {
+        let table = Table {
+            columns: vec![
+                Column::both("id"),
+                Column::both("name"),
+                Column {
+                    title: "members",
+                    in_markdown: false,
+                },
+            ],
+            rows: vec![vec![
+                Cell::Text("0".into()),
+                Cell::Cluster {
+                    name: "a|b <c>".into(),
+                    colour: "hsl(0,65%,45%)".into(),
+                    labelled_by: Some("judge & co".into()),
+                },
+                Cell::Members(vec![("m<1>".into(), 0.25, "text".into())]),
+            ]],
+        };
+        assert_eq!(
+            table.to_markdown(),
+            "| id | name |\n|---|---|\n| 0 | a\\|b <c> |\n"
+        );
+        let html = table.to_html();
+        assert!(html.starts_with("<table><tr><th>id</th><th>name</th><th>members</th></tr>"));
+        assert!(html.contains("a|b &lt;c&gt;<br><small>labelled by judge &amp; co</small>"));
+        assert!(html.contains("<ul><li><code>m&lt;1&gt;</code> (0.250) text</li></ul>"));
+        assert_eq!(html.matches("<td>").count(), 3);
+    }
 }

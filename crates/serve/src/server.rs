@@ -768,6 +768,6 @@ fn log_done(accepted: &Accepted, usage: &Usage, stream: bool) {
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
         elapsed_ms = accepted.started.elapsed().as_millis() as u64,
-        "chat completion"
+        "answered"
     );
 }
