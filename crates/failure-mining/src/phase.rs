@@ -15,9 +15,8 @@ use embeddings::SentenceEncoder;
 use llama::Pretrained;
 use llama::device::{Precision, select_device};
 use llm_client::{
-    ChatClusterLabeller, ChatRequest, ClientConfig, Endpoint, EndpointSettings, LlmClient, Progress,
+    ChatClusterLabeller, ChatRequest, EndpointSettings, LlmClient, LlmSettings, Progress, with_llm,
 };
-use llm_client::{ServeOptions, ServeProcess};
 use pipeline::ModelSection;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
@@ -487,9 +486,10 @@ impl LanguageModel for LazyLocalModel {
     }
 }
 
-/// Runs `work` with a chat client for the configured labeller: `serve` is started before and
-/// stopped after (also when `work` fails); `keywords` gives no client. A labeller that cannot
-/// start (serve fails to load, an endpoint without its key) is an error before any work.
+/// Runs `work` with a chat client for the configured labeller (`llm_client::with_llm`: `serve`
+/// is started before and stopped after, also when `work` fails); `keywords` gives no client. A
+/// labeller that cannot start (serve fails to load, an endpoint without its key) is an error
+/// before any work.
 fn with_chat_client<T>(
     config: &Phase1bConfig,
     work: impl AsyncFnOnce(Option<LlmClient>) -> Result<T>,
@@ -499,46 +499,51 @@ fn with_chat_client<T>(
         .enable_all()
         .build()
         .map_err(io_error(&config.run_dir))?;
+    let labels = &config.labels;
+    match labels.labeller.as_str() {
+        "keywords" => return runtime.block_on(work(None)),
+        "serve" | "endpoint" => {}
+        other => {
+            return Err(Error::Config {
+                field: "labels.labeller".into(),
+                message: format!("unknown `{other}` (accepted: serve, endpoint, keywords)"),
+            });
+        }
+    }
+    let settings = LlmSettings {
+        kind: labels.labeller.clone(),
+        serve_model: labels.serve_model.clone(),
+        endpoint: labels.endpoint.clone(),
+        budget_usd: labels.budget_usd,
+        ..LlmSettings::default()
+    };
     let client_error = |error: llm_client::Error| Error::Config {
         field: "labels".into(),
         message: error.to_string(),
     };
-    let client = |endpoint: Endpoint| {
-        let mut client_config =
-            ClientConfig::new(endpoint, config.run_dir.join("llm-ledger.sqlite"));
-        client_config.budget_usd = config.labels.budget_usd;
-        // serve answers one request at a time on the CPU; a long answer must not time out.
-        client_config.timeout = std::time::Duration::from_secs(300);
-        LlmClient::new(client_config).map_err(client_error)
-    };
-    match config.labels.labeller.as_str() {
-        "keywords" => runtime.block_on(work(None)),
-        "serve" => runtime.block_on(async {
-            let binary = ServeOptions::locate_binary().map_err(client_error)?;
-            let model = config
-                .labels
-                .serve_model
-                .clone()
-                .unwrap_or_else(|| config.model.path.clone());
-            let mut options = ServeOptions::new(binary, model);
-            options.device = config.model.device.clone();
-            let serve = ServeProcess::start(options).await.map_err(client_error)?;
-            let outcome = match client(serve.endpoint()) {
-                Ok(client) => work(Some(client)).await,
-                Err(error) => Err(error),
-            };
-            serve.stop().map_err(client_error)?;
-            outcome
-        }),
-        "endpoint" => {
-            let endpoint = Endpoint::resolve(&config.labels.endpoint).map_err(client_error)?;
-            let client = client(endpoint)?;
-            runtime.block_on(work(Some(client)))
-        }
-        other => Err(Error::Config {
-            field: "labels.labeller".into(),
-            message: format!("unknown `{other}` (accepted: serve, endpoint, keywords)"),
-        }),
+    settings.check("labels").map_err(client_error)?;
+    runtime.block_on(with_llm(
+        &settings,
+        &config.model.path,
+        &config.model.device,
+        &config.run_dir.join("llm-ledger.sqlite"),
+        async |client| work(Some(client)).await.map_err(Wrapped::Phase),
+    ))
+    .map_err(|error| match error {
+        Wrapped::Phase(error) => error,
+        Wrapped::Client(error) => client_error(error),
+    })
+}
+
+/// The labelling work's own errors kept apart from the client's (starting serve, the ledger).
+enum Wrapped {
+    Phase(Error),
+    Client(llm_client::Error),
+}
+
+impl From<llm_client::Error> for Wrapped {
+    fn from(error: llm_client::Error) -> Self {
+        Wrapped::Client(error)
     }
 }
 

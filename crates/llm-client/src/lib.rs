@@ -52,6 +52,7 @@ mod limiter;
 mod parse;
 mod request;
 mod serve_process;
+mod source;
 mod stream;
 
 pub use batch::{BatchCounts, BatchReport, Progress};
@@ -69,4 +70,5 @@ pub use request::{
     TopLogprob, canonical_json,
 };
 pub use serve_process::{ServeOptions, ServeProcess};
+pub use source::{LlmSettings, with_llm};
 pub use stream::StreamEvent;

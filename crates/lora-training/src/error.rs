@@ -23,6 +23,14 @@ pub enum Error {
     /// The merged model's logits differ from base + adapter beyond tolerance.
     #[error("merge verification failed: {0}")]
     MergeMismatch(String),
+    /// A benchmark that could not run on the model (phase 1A's validation).
+    #[error("{benchmark} on the {model} model: {source}")]
+    Validation {
+        benchmark: String,
+        model: String,
+        #[source]
+        source: Box<benchmarks::Error>,
+    },
     #[error(transparent)]
     Model(#[from] llama::Error),
     #[error(transparent)]

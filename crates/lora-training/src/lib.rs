@@ -42,6 +42,7 @@ pub mod config;
 pub mod data;
 pub mod distributed;
 pub mod optim;
+pub mod phase;
 pub mod plot;
 pub mod tokenized;
 pub mod trainer;
