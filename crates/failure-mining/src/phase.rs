@@ -522,17 +522,18 @@ fn with_chat_client<T>(
         message: error.to_string(),
     };
     settings.check("labels").map_err(client_error)?;
-    runtime.block_on(with_llm(
-        &settings,
-        &config.model.path,
-        &config.model.device,
-        &config.run_dir.join("llm-ledger.sqlite"),
-        async |client| work(Some(client)).await.map_err(Wrapped::Phase),
-    ))
-    .map_err(|error| match error {
-        Wrapped::Phase(error) => error,
-        Wrapped::Client(error) => client_error(error),
-    })
+    runtime
+        .block_on(with_llm(
+            &settings,
+            &config.model.path,
+            &config.model.device,
+            &config.run_dir.join("llm-ledger.sqlite"),
+            async |client| work(Some(client)).await.map_err(Wrapped::Phase),
+        ))
+        .map_err(|error| match error {
+            Wrapped::Phase(error) => error,
+            Wrapped::Client(error) => client_error(error),
+        })
 }
 
 /// The labelling work's own errors kept apart from the client's (starting serve, the ledger).

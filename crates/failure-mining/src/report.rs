@@ -214,6 +214,7 @@ impl Phase1bReport {
                 self.run_seconds
             )],
             table: None,
+            ..Section::default()
         });
         sections.push(Section {
             title: "Failure rate per family".into(),
@@ -244,6 +245,7 @@ impl Phase1bReport {
                     })
                     .collect(),
             }),
+            ..Section::default()
         });
         let mut pattern_notes = vec![format!(
             "{} of {} holdout items are near no pattern (\"other\"). {} embedded texts filled the \
@@ -299,6 +301,8 @@ impl Phase1bReport {
                     })
                     .collect(),
             }),
+            markdown_extra: "\n![cluster map](clustering/clusters_map.svg)\n".into(),
+            html_extra: format!("{}\n", self.map_svg),
         });
         for pattern in &self.patterns {
             sections.push(Section {
@@ -316,6 +320,7 @@ impl Phase1bReport {
                         .map(|(q, a, g)| vec![q.clone(), a.clone(), g.clone()])
                         .collect(),
                 }),
+                ..Section::default()
             });
         }
         let leakage = &self.manifest.leakage;
@@ -354,70 +359,83 @@ impl Phase1bReport {
                 ],
                 rows,
             }),
+            ..Section::default()
         });
         sections
     }
 
     pub fn markdown(&self) -> String {
-        let mut out = String::from("# Phase 1B: failure patterns\n");
-        for section in self.sections() {
-            out.push_str(&format!("\n## {}\n\n", section.title));
-            for paragraph in &section.paragraphs {
-                out.push_str(paragraph);
-                out.push_str("\n\n");
-            }
-            if let Some(table) = &section.table {
-                out.push_str(&table.markdown());
-            }
-            if section.title == "Failure patterns" {
-                out.push_str("\n![cluster map](clustering/clusters_map.svg)\n");
-            }
-        }
-        out
+        render_markdown("Phase 1B: failure patterns", &self.sections())
     }
 
     pub fn html(&self) -> String {
-        let mut out = String::from(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <title>Phase 1B: failure patterns</title><style>\
-             body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
-             table{border-collapse:collapse;margin:1em 0;font-size:14px}\
-             th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}\
-             th{background:#f3f3f3}svg{max-width:100%;height:auto}\
-             </style></head><body>\n<h1>Phase 1B: failure patterns</h1>\n",
-        );
-        for section in self.sections() {
-            out.push_str(&format!("<h2>{}</h2>\n", escape(&section.title)));
-            for paragraph in &section.paragraphs {
-                out.push_str(&format!("<p>{}</p>\n", escape(paragraph)));
-            }
-            if let Some(table) = &section.table {
-                out.push_str(&table.html());
-            }
-            if section.title == "Failure patterns" {
-                out.push_str(&self.map_svg);
-                out.push('\n');
-            }
-        }
-        out.push_str("</body></html>\n");
-        out
+        render_html("Phase 1B: failure patterns", &self.sections())
     }
 }
 
-struct Section {
-    title: String,
-    paragraphs: Vec<String>,
-    table: Option<Table>,
+/// A report section: a heading, paragraphs, an optional table, then anything else (an image
+/// link in Markdown, an inline SVG in HTML).
+#[derive(Debug, Clone, Default)]
+pub struct Section {
+    pub title: String,
+    pub paragraphs: Vec<String>,
+    pub table: Option<Table>,
+    pub markdown_extra: String,
+    pub html_extra: String,
 }
 
 /// A table, rendered as Markdown or HTML.
-struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A Markdown document of `sections` under the heading `title`.
+pub fn render_markdown(title: &str, sections: &[Section]) -> String {
+    let mut out = format!("# {title}\n");
+    for section in sections {
+        out.push_str(&format!("\n## {}\n\n", section.title));
+        for paragraph in &section.paragraphs {
+            out.push_str(paragraph);
+            out.push_str("\n\n");
+        }
+        if let Some(table) = &section.table {
+            out.push_str(&table.markdown());
+        }
+        out.push_str(&section.markdown_extra);
+    }
+    out
+}
+
+/// A self-contained HTML page (no external files, scripts or fonts) of `sections`.
+pub fn render_html(title: &str, sections: &[Section]) -> String {
+    let mut out = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{title}</title><style>\
+         body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0;font-size:14px}}\
+         th,td{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}\
+         th{{background:#f3f3f3}}svg{{max-width:100%;height:auto}}\
+         </style></head><body>\n<h1>{title}</h1>\n",
+        title = escape(title)
+    );
+    for section in sections {
+        out.push_str(&format!("<h2>{}</h2>\n", escape(&section.title)));
+        for paragraph in &section.paragraphs {
+            out.push_str(&format!("<p>{}</p>\n", escape(paragraph)));
+        }
+        if let Some(table) = &section.table {
+            out.push_str(&table.html());
+        }
+        out.push_str(&section.html_extra);
+    }
+    out.push_str("</body></html>\n");
+    out
 }
 
 impl Table {
-    fn markdown(&self) -> String {
+    pub fn markdown(&self) -> String {
         let cell = |text: &str| text.replace('|', "\\|").replace('\n', " ");
         let mut out = format!(
             "| {} |\n|{}|\n",
@@ -437,7 +455,7 @@ impl Table {
         out
     }
 
-    fn html(&self) -> String {
+    pub fn html(&self) -> String {
         let mut out = String::from("<table><thead><tr>");
         for header in &self.headers {
             out.push_str(&format!("<th>{}</th>", escape(header)));
@@ -455,7 +473,8 @@ impl Table {
     }
 }
 
-fn escape(text: &str) -> String {
+/// `text` with HTML's special characters escaped.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

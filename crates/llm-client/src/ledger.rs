@@ -59,7 +59,7 @@ pub(crate) struct AttemptRecord<'a> {
 }
 
 /// Counts of ledger rows by status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LedgerCounts {
     pub done: u64,
     pub failed: u64,

@@ -59,18 +59,20 @@ impl LlmSettings {
     pub fn check(&self, field: &str) -> Result<()> {
         match self.kind.as_str() {
             "serve" => Ok(()),
-            "endpoint" => Endpoint::resolve(&self.endpoint)
-                .map(|_| ())
-                .map_err(|error| match error {
-                    Error::Config {
-                        field: inner,
-                        reason,
-                    } => Error::Config {
-                        field: format!("{field}.endpoint.{inner}"),
-                        reason,
-                    },
-                    other => other,
-                }),
+            "endpoint" => {
+                Endpoint::resolve(&self.endpoint)
+                    .map(|_| ())
+                    .map_err(|error| match error {
+                        Error::Config {
+                            field: inner,
+                            reason,
+                        } => Error::Config {
+                            field: format!("{field}.endpoint.{inner}"),
+                            reason,
+                        },
+                        other => other,
+                    })
+            }
             other => Err(Error::Config {
                 field: format!("{field}.kind"),
                 reason: format!("unknown `{other}` (accepted: serve, endpoint)"),

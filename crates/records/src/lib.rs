@@ -15,6 +15,7 @@
 mod error;
 
 pub mod clusters;
+pub mod distill;
 pub mod eval;
 pub mod jsonl;
 pub mod mining;
