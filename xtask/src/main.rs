@@ -22,6 +22,10 @@ tasks:
                     cluster and name its failures; without --config, the embedded demo
                     (phase 1A's merged demo model or SmolLM2 on a small stratified subset);
                     ARGS go to phase1b (--config FILE, --set KEY=VALUE)
+  phase1c [ARGS]    targeted distillation (bins/phase1c): teacher data per failure pattern,
+                    verified, judged, deduplicated, decontaminated, trained, measured per pattern
+                    on holdout items; without --config, the embedded demo on phase 1B's demo run
+                    (SmolLM2 as teacher and judge through serve); ARGS go to phase1c
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
   gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:
@@ -49,6 +53,7 @@ fn run() -> Result<()> {
         "assets" => assets(),
         "phase1a" => phase1a(&rest),
         "phase1b" => phase1b(&rest),
+        "phase1c" => phase1c(&rest),
         "ci" => ci(),
         "test" => test(),
         "gpu-build" => gpu_build(),
@@ -155,13 +160,24 @@ fn phase1a(rest: &[String]) -> Result<()> {
 
 fn phase1b(rest: &[String]) -> Result<()> {
     // serve names the failure patterns (started and stopped by phase1b).
+    run_phase_with_serve("phase1b", rest)
+}
+
+fn phase1c(rest: &[String]) -> Result<()> {
+    // serve is the embedded teacher and judge (started and stopped by phase1c).
+    run_phase_with_serve("phase1c", rest)
+}
+
+/// Builds `binary` with serve and the assets step, fetches the assets, then runs it with
+/// `rest` (`--demo` unless a `--config` is given).
+fn run_phase_with_serve(binary: &str, rest: &[String]) -> Result<()> {
     cargo(&[
         "build",
         "--quiet",
         "--package",
         "fetch-assets",
         "--package",
-        "phase1b",
+        binary,
         "--package",
         "serve-cli",
     ])?;
@@ -170,7 +186,7 @@ fn phase1b(rest: &[String]) -> Result<()> {
     if !args.contains(&"--config") {
         args.push("--demo");
     }
-    run_built("phase1b", &args)
+    run_built(binary, &args)
 }
 
 /// Builds the whole workspace once, sets up the assets with that build, then tests.
@@ -223,6 +239,7 @@ const GPU_BINARIES: &[(&str, &str)] = &[
     ("validate", "validate"),
     ("phase1a", "phase1a"),
     ("phase1b", "phase1b"),
+    ("phase1c", "phase1c"),
     ("lora-bench", "lora-bench"),
     ("serve-cli", "serve"),
 ];

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use llama::device::{Precision, select_device};
+use llama::device::select_device_named;
 use lora_training::Group;
 use lora_training::distributed::{launch, rank_device};
 use lora_training::phase::{
@@ -77,13 +77,10 @@ fn main() -> Result<()> {
     if let Some(run_dir) = &args.run_dir {
         config.run_dir = run_dir.clone();
     }
-    let precision = config
-        .model
-        .precision
-        .as_deref()
-        .map(str::parse::<Precision>)
-        .transpose()?;
-    let device = select_device(&rank_device(&config.model.device), precision)?;
+    let device = select_device_named(
+        &rank_device(&config.model.device),
+        config.model.precision.as_deref(),
+    )?;
     let group = Group::from_env(&device)?;
     if args.demo {
         let dir = config.run_dir.join("demo-data");

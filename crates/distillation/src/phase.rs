@@ -16,7 +16,7 @@ use failure_mining::grade::grade_reply;
 use failure_mining::leakage::NgramIndex;
 use failure_mining::run::run_items;
 use llama::Pretrained;
-use llama::device::{Precision, select_device};
+use llama::device::select_device_named;
 use llm_client::{ChatRequest, LlmClient, Progress, extract_json, parse_judge_score, with_llm};
 use lora_training::phase::{Phase1aConfig, Phase1aOptions, run_phase1a};
 use lora_training::{DataConfig, Group};
@@ -251,7 +251,12 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
     )?;
 
     // 6. Mix.
-    let mix = mix_examples(config, &clean, &original);
+    let (mix, held_out) = mix_examples(
+        config,
+        &clean,
+        &original,
+        config.train.eval_examples.unwrap_or(16),
+    );
     for (example, _) in &clean {
         funnels.get_mut(&example.cluster).expect("a target").trained += 1;
         decisions.push(GateDecision {
@@ -275,11 +280,20 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
         );
     }
 
+    let eval_path = run_dir.join("eval.jsonl");
+    write_jsonl_atomic(&eval_path, &held_out)?;
+
     // 7. Train on the mix with phase 1A's trainer, merge, validate before and after.
-    let trained = train_on_mix(config, &mix_path, mix.len())?;
+    let device = model_device(config)?;
+    let trained = train_on_mix(
+        config,
+        &device,
+        &mix_path,
+        (!held_out.is_empty()).then_some(eval_path.as_path()),
+    )?;
 
     // 8. Holdout items, graded with the new model; paired with phase 1B's grades.
-    let after = grade_holdout(config, &trained.merged_dir, &holdout_items)?;
+    let after = grade_holdout(config, &device, &trained.merged_dir, &holdout_items)?;
     let targeted: BTreeSet<usize> = targets
         .iter()
         .filter(|t| t.targeted + t.rationalize > 0)
@@ -955,12 +969,15 @@ fn user_text(messages: &[ChatMessage]) -> String {
 }
 
 /// Teacher examples plus original ones so that teacher examples are `teacher_fraction` of the
-/// whole (rounded to the nearest example), originals picked by a seeded hash order.
+/// whole (rounded to the nearest example), originals picked by a seeded hash order; and up to
+/// `eval` further originals, not in the mix, for the held-out loss (every teacher example is
+/// trained on).
 pub fn mix_examples(
     config: &Phase1cConfig,
     teacher: &[(TeacherExample, f32)],
     original: &[TrainingExample],
-) -> Vec<TrainingExample> {
+    eval: usize,
+) -> (Vec<TrainingExample>, Vec<TrainingExample>) {
     let fraction = config.mix.teacher_fraction;
     let wanted = if teacher.is_empty() {
         original.len().min(64)
@@ -987,7 +1004,13 @@ pub fn mix_examples(
             judge_score: Some(*score),
         })
         .collect();
-    mix.extend(order.into_iter().take(wanted).map(|i| original[i].clone()));
+    mix.extend(order.iter().take(wanted).map(|&i| original[i].clone()));
+    let held_out: Vec<TrainingExample> = order
+        .iter()
+        .skip(wanted)
+        .take(eval)
+        .map(|&i| original[i].clone())
+        .collect();
     // Interleave deterministically so no batch is all of one kind.
     mix.sort_by_key(|example| {
         stable_hash(&format!(
@@ -996,7 +1019,7 @@ pub fn mix_examples(
             user_text(&example.messages)
         ))
     });
-    mix
+    (mix, held_out)
 }
 
 struct Trained {
@@ -1005,17 +1028,21 @@ struct Trained {
     after: Vec<benchmarks::BenchmarkResult>,
 }
 
-fn train_on_mix(config: &Phase1cConfig, mix: &Path, examples: usize) -> Result<Trained> {
+fn train_on_mix(
+    config: &Phase1cConfig,
+    device: &llama::burn::tensor::Device,
+    mix: &Path,
+    eval: Option<&Path>,
+) -> Result<Trained> {
     let section = &config.train;
-    let eval_examples = section.eval_examples.unwrap_or(64).min(examples / 5);
     let phase1a = Phase1aConfig {
         run_dir: config.run_dir.join("train"),
         model: config.model.clone(),
         data: DataConfig {
             train: mix.to_path_buf(),
-            eval: None,
+            eval: eval.map(Path::to_path_buf),
             max_seq_len: section.max_seq_len.unwrap_or(1024),
-            eval_examples,
+            eval_examples: 0,
             ..DataConfig::default()
         },
         lora: section.lora.clone(),
@@ -1023,14 +1050,13 @@ fn train_on_mix(config: &Phase1cConfig, mix: &Path, examples: usize) -> Result<T
         merge: section.merge.clone(),
         validate: section.validate.clone(),
     };
-    let device = model_device(config)?;
     let outcome = run_phase1a(
         &phase1a,
         &Phase1aOptions {
             resume: phase1a.run_dir.join("checkpoints").is_dir(),
             train_only: false,
         },
-        &device,
+        device,
         &Group::single(),
     )?;
     Ok(Trained {
@@ -1041,30 +1067,22 @@ fn train_on_mix(config: &Phase1cConfig, mix: &Path, examples: usize) -> Result<T
 }
 
 fn model_device(config: &Phase1cConfig) -> Result<llama::burn::tensor::Device> {
-    let precision = config
-        .model
-        .precision
-        .as_deref()
-        .map(str::parse::<Precision>)
-        .transpose()
-        .map_err(|error| Error::Config {
-            field: "model.precision".into(),
+    select_device_named(&config.model.device, config.model.precision.as_deref()).map_err(|error| {
+        Error::Config {
+            field: "model".into(),
             message: error.to_string(),
-        })?;
-    select_device(&config.model.device, precision).map_err(|error| Error::Config {
-        field: "model.device".into(),
-        message: error.to_string(),
+        }
     })
 }
 
 /// Grades the holdout items with the trained model (resumable: `holdout_after.jsonl`).
 fn grade_holdout(
     config: &Phase1cConfig,
+    device: &llama::burn::tensor::Device,
     merged: &Path,
     items: &[&TestItem],
 ) -> Result<BTreeMap<String, bool>> {
-    let device = model_device(config)?;
-    let pretrained = Pretrained::load(merged, &device).map_err(lora_training::Error::from)?;
+    let pretrained = Pretrained::load(merged, device).map_err(lora_training::Error::from)?;
     let model = LocalModel::new(
         merged.display().to_string(),
         pretrained,

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use benchmarks::BenchmarkResult;
-use failure_mining::report::{Section, Table, escape, render_html, render_markdown};
+use failure_mining::report::{
+    Section, Table, escape, render_html, render_markdown, write_report_files,
+};
 use llm_client::LedgerCounts;
 use records::distill::{Funnel, PatternOutcome};
-use records::jsonl::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Phase1cConfig;
@@ -348,12 +349,10 @@ fn before_after_svg(patterns: &[PatternOutcome]) -> String {
 }
 
 pub fn write_report(dir: &Path, report: &Phase1cReport) -> Result<(PathBuf, PathBuf)> {
-    let markdown = dir.join("report.md");
-    let html = dir.join("report.html");
-    write_atomic(&markdown, report.markdown().as_bytes())?;
-    write_atomic(&html, report.html().as_bytes())?;
-    let mut json = serde_json::to_vec_pretty(report).expect("the report serialises");
-    json.push(b'\n');
-    write_atomic(dir.join("report.json"), &json)?;
-    Ok((markdown, html))
+    Ok(write_report_files(
+        dir,
+        &report.markdown(),
+        &report.html(),
+        report,
+    )?)
 }

@@ -491,14 +491,30 @@ fn clip(text: &str, chars: usize) -> String {
 
 /// Writes `report.md`, `report.html` and `report.json` into `dir`; returns the first two paths.
 pub fn write_report(dir: &Path, report: &Phase1bReport) -> Result<(PathBuf, PathBuf)> {
-    let markdown = dir.join("report.md");
-    let html = dir.join("report.html");
-    write_atomic(&markdown, report.markdown().as_bytes())?;
-    write_atomic(&html, report.html().as_bytes())?;
+    Ok(write_report_files(
+        dir,
+        &report.markdown(),
+        &report.html(),
+        report,
+    )?)
+}
+
+/// Writes `report.md`, `report.html` and `report.json` (the typed report) into `dir`, each
+/// atomically; returns the Markdown and HTML paths.
+pub fn write_report_files(
+    dir: &Path,
+    markdown: &str,
+    html: &str,
+    report: &impl Serialize,
+) -> records::Result<(PathBuf, PathBuf)> {
+    let markdown_path = dir.join("report.md");
+    let html_path = dir.join("report.html");
+    write_atomic(&markdown_path, markdown.as_bytes())?;
+    write_atomic(&html_path, html.as_bytes())?;
     let mut json = serde_json::to_vec_pretty(report).expect("the report serialises");
     json.push(b'\n');
     write_atomic(dir.join("report.json"), &json)?;
-    Ok((markdown, html))
+    Ok((markdown_path, html_path))
 }
 
 #[cfg(test)]

@@ -25,6 +25,12 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// [`select_device`] with the precision as a config file writes it (`f32`, `bf16` or absent).
+pub fn select_device_named(spec: &str, precision: Option<&str>) -> Result<Device> {
+    let precision = precision.map(str::parse::<Precision>).transpose()?;
+    select_device(spec, precision)
+}
+
 /// Parses `cpu` or `cuda[:N]` and configures the float dtype: `precision`, or by default
 /// f32 on the CPU and bf16 on a GPU. Call before creating any tensor on that device.
 pub fn select_device(spec: &str, precision: Option<Precision>) -> Result<Device> {

@@ -46,6 +46,10 @@ pub enum Fault {
     Stall,
     /// A stream that sends its first content chunk, then an `{"error": ...}` data event.
     StreamError,
+    /// A 200 whose JSON has an empty `choices` array (billed: the generation ran).
+    EmptyChoices,
+    /// A 200 with `content-type: text/html` and an HTML error page as the body.
+    WrongContentType,
 }
 
 impl Fault {
@@ -59,6 +63,8 @@ impl Fault {
             Fault::Slow(_) => "slow".into(),
             Fault::Stall => "stall".into(),
             Fault::StreamError => "stream_error".into(),
+            Fault::EmptyChoices => "empty_choices".into(),
+            Fault::WrongContentType => "wrong_content_type".into(),
         }
     }
 }
@@ -674,6 +680,27 @@ async fn handle(
         record.delivered_ok = delivered;
         update(&record);
         return false;
+    }
+    match &fault {
+        Some(Fault::EmptyChoices) => {
+            let empty = json!({"id": format!("chatcmpl-{id}"), "object": "chat.completion",
+                "created": 1_700_000_000u32, "model": parsed["model"], "choices": []})
+            .to_string();
+            let mut bytes = response_head(200, "OK", empty.len(), &[]);
+            bytes.extend_from_slice(empty.as_bytes());
+            let _ = stream.write_all(&bytes).await;
+            return false;
+        }
+        Some(Fault::WrongContentType) => {
+            let page = "<html><body>502 Bad Gateway</body></html>";
+            let bytes = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = stream.write_all(bytes.as_bytes()).await;
+            return false;
+        }
+        _ => {}
     }
     let mut bytes = response_head(200, "OK", body.len(), &[]);
     match &fault {
