@@ -268,7 +268,7 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
     }
     write_jsonl_atomic(run_dir.join("gate.jsonl"), &decisions)?;
     let mix_path = run_dir.join("mix.jsonl");
-    write_jsonl_atomic(&mix_path, &mix)?;
+    let mix_sha256 = write_jsonl_if_changed(&mix_path, &mix)?;
     tracing::info!(
         "mix: {} teacher + {} original examples",
         clean.len(),
@@ -281,13 +281,14 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
     }
 
     let eval_path = run_dir.join("eval.jsonl");
-    write_jsonl_atomic(&eval_path, &held_out)?;
+    write_jsonl_if_changed(&eval_path, &held_out)?;
 
     // 7. Train on the mix with phase 1A's trainer, merge, validate before and after.
     let device = model_device(config)?;
     let trained = train_on_mix(
         config,
         &device,
+        &mix_sha256,
         &mix_path,
         (!held_out.is_empty()).then_some(eval_path.as_path()),
     )?;
@@ -1031,12 +1032,23 @@ struct Trained {
 fn train_on_mix(
     config: &Phase1cConfig,
     device: &llama::burn::tensor::Device,
+    mix_sha256: &str,
     mix: &Path,
     eval: Option<&Path>,
 ) -> Result<Trained> {
     let section = &config.train;
+    // Training resumes from its checkpoints only on the mix it started on; a changed mix (more
+    // answers paid for since, another gate setting) trains afresh: the old run is derived data.
+    let train_dir = config.run_dir.join("train");
+    let stamp = train_dir.join("mix.sha256");
+    let same_mix = std::fs::read_to_string(&stamp).is_ok_and(|sha| sha.trim() == mix_sha256);
+    if train_dir.exists() && !same_mix {
+        tracing::warn!("the mix changed: training again from the start");
+        std::fs::remove_dir_all(&train_dir).map_err(io_error(&train_dir))?;
+    }
+    write_atomic(&stamp, mix_sha256.as_bytes())?;
     let phase1a = Phase1aConfig {
-        run_dir: config.run_dir.join("train"),
+        run_dir: train_dir,
         model: config.model.clone(),
         data: DataConfig {
             train: mix.to_path_buf(),
@@ -1099,6 +1111,21 @@ fn grade_holdout(
         .into_iter()
         .map(|record| (record.item_id, record.correct))
         .collect())
+}
+
+/// Writes `rows` as JSONL unless the file already holds exactly that (its modification time
+/// is part of the token cache's fingerprint, so an unchanged mix must stay untouched for
+/// training to resume). Returns the content's sha256.
+fn write_jsonl_if_changed(path: &Path, rows: &[impl Serialize]) -> Result<String> {
+    let mut bytes = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut bytes, row).expect("records serialise");
+        bytes.push(b'\n');
+    }
+    if std::fs::read(path).ok().as_deref() != Some(bytes.as_slice()) {
+        write_atomic(path, &bytes)?;
+    }
+    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
