@@ -53,6 +53,11 @@ pub struct JudgeSection {
     /// Extra attempts (another seed each) when an answer does not parse as a score.
     pub retries: usize,
     pub max_tokens: u32,
+    /// Judge the labelled calibration set too (the shipped one plus `calibration`), and report
+    /// the threshold's precision and recall on it.
+    pub calibrate: bool,
+    /// Your own labelled examples (JSONL: pattern, description, instruction, response, good).
+    pub calibration: Option<PathBuf>,
     pub llm: LlmSettings,
 }
 
@@ -62,6 +67,8 @@ impl Default for JudgeSection {
             threshold: 8.0,
             retries: 2,
             max_tokens: 96,
+            calibrate: true,
+            calibration: None,
             llm: LlmSettings::default(),
         }
     }

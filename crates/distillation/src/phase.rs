@@ -153,17 +153,25 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
 
     // 3. Judge.
     let judge_ledger = run_dir.join("judge-ledger.sqlite");
-    let (verdicts, judge_model) = runtime.block_on(with_llm(
+    let (verdicts, judge_model, calibration) = runtime.block_on(with_llm(
         &config.judge.llm,
         &config.model.path,
         &config.model.device,
         &judge_ledger,
         async |client: LlmClient| -> Result<_> {
             let model = client.config().endpoint.model.clone();
-            Ok((
-                judge(&client, config, &phase1b, &templates, &verified).await,
-                model,
-            ))
+            let prompts: Vec<(String, BTreeMap<&'static str, String>)> = verified
+                .iter()
+                .map(|example| {
+                    let mut values = cluster_context(&phase1b, example.cluster);
+                    values.insert("instruction", example.instruction.clone());
+                    values.insert("response", example.response.clone());
+                    (example.id.clone(), values)
+                })
+                .collect();
+            let verdicts = judge(&client, config, &templates, &prompts).await;
+            let calibration = calibrate(&client, config, &templates).await?;
+            Ok((verdicts, model, calibration))
         },
     ))?;
     write_jsonl_atomic(run_dir.join("judged.jsonl"), &verdicts)?;
@@ -315,6 +323,7 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
         judge_unparsed: verdicts.iter().map(|v| v.unparsed_answers).sum(),
         teacher_model,
         judge_model,
+        calibration,
         teacher_spend: llm_client::Ledger::open(&teacher_ledger)?.counts()?,
         judge_spend: llm_client::Ledger::open(&judge_ledger)?.counts()?,
         teacher_usd: llm_client::Ledger::open(&teacher_ledger)?.total_spend_usd()?,
@@ -740,18 +749,20 @@ async fn verify(
     kept
 }
 
+/// The judge's verdict on each `(id, template values)`: attempt 0 for all, then another seed
+/// for those whose answer did not parse, `judge.retries` times; never a score from an
+/// unparsable answer.
 async fn judge(
     client: &LlmClient,
     config: &Phase1cConfig,
-    phase1b: &Phase1bOutputs,
     templates: &Templates,
-    examples: &[TeacherExample],
+    examples: &[(String, BTreeMap<&'static str, String>)],
 ) -> Vec<JudgeVerdict> {
     let model = client.config().endpoint.model.clone();
     let mut verdicts: Vec<JudgeVerdict> = examples
         .iter()
-        .map(|example| JudgeVerdict {
-            example_id: example.id.clone(),
+        .map(|(id, _)| JudgeVerdict {
+            example_id: id.clone(),
             score: None,
             reason: String::new(),
             judge_model: model.clone(),
@@ -771,12 +782,8 @@ async fn judge(
         let requests: Vec<ChatRequest> = pending
             .iter()
             .map(|&i| {
-                let example = &examples[i];
-                let mut values = cluster_context(phase1b, example.cluster);
-                values.insert("instruction", example.instruction.clone());
-                values.insert("response", example.response.clone());
                 request(
-                    templates.judge.render(&values),
+                    templates.judge.render(&examples[i].1),
                     config.judge.max_tokens,
                     0.0,
                     attempt as u64,
@@ -819,6 +826,97 @@ async fn judge(
         }
     }
     verdicts
+}
+
+/// One labelled example of the judge's calibration set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationExample {
+    pub pattern: String,
+    pub description: String,
+    pub instruction: String,
+    pub response: String,
+    /// Whether a careful grader would keep it.
+    pub good: bool,
+}
+
+/// How the judge's threshold sorts the labelled calibration set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub examples: usize,
+    pub good: usize,
+    /// Kept (score above the threshold) and good / kept / good but dropped / bad but kept.
+    pub true_keeps: usize,
+    pub kept: usize,
+    pub unparsed: usize,
+    /// `None` when nothing was kept (precision) or nothing is good (recall).
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+/// The shipped calibration set (`calibration.jsonl`).
+pub const SHIPPED_CALIBRATION: &str = include_str!("../calibration.jsonl");
+
+/// Judges the calibration set (the shipped one, plus `judge.calibration` when given) with the
+/// same template and threshold as the real examples.
+async fn calibrate(
+    client: &LlmClient,
+    config: &Phase1cConfig,
+    templates: &Templates,
+) -> Result<Option<Calibration>> {
+    if !config.judge.calibrate {
+        return Ok(None);
+    }
+    let mut rows: Vec<CalibrationExample> = SHIPPED_CALIBRATION
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("the shipped calibration set parses"))
+        .collect();
+    if let Some(path) = &config.judge.calibration {
+        rows.extend(
+            read_jsonl::<CalibrationExample>(path).map_err(|error| Error::Config {
+                field: "judge.calibration".into(),
+                message: error.to_string(),
+            })?,
+        );
+    }
+    let prompts: Vec<(String, BTreeMap<&'static str, String>)> = rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| {
+            (
+                format!("calibration-{index}"),
+                BTreeMap::from([
+                    ("label", row.pattern.clone()),
+                    ("description", row.description.clone()),
+                    ("keywords", String::new()),
+                    ("instruction", row.instruction.clone()),
+                    ("response", row.response.clone()),
+                ]),
+            )
+        })
+        .collect();
+    let verdicts = judge(client, config, templates, &prompts).await;
+    let kept: Vec<bool> = verdicts
+        .iter()
+        .map(|v| v.score.is_some_and(|s| s > config.judge.threshold))
+        .collect();
+    let good = rows.iter().filter(|r| r.good).count();
+    let kept_count = kept.iter().filter(|&&k| k).count();
+    let true_keeps = rows
+        .iter()
+        .zip(&kept)
+        .filter(|(r, k)| r.good && **k)
+        .count();
+    Ok(Some(Calibration {
+        examples: rows.len(),
+        good,
+        true_keeps,
+        kept: kept_count,
+        unparsed: verdicts.iter().filter(|v| v.score.is_none()).count(),
+        precision: (kept_count > 0).then(|| true_keeps as f64 / kept_count as f64),
+        recall: (good > 0).then(|| true_keeps as f64 / good as f64),
+    }))
 }
 
 /// Embeddings of the configured reference texts, cached in `cache_dir` by content hash.

@@ -27,6 +27,7 @@ pub struct Phase1cReport {
     pub judge_unparsed: usize,
     pub teacher_model: String,
     pub judge_model: String,
+    pub calibration: Option<crate::phase::Calibration>,
     pub teacher_spend: LedgerCounts,
     pub judge_spend: LedgerCounts,
     pub teacher_usd: f64,
@@ -282,6 +283,24 @@ impl Phase1cReport {
             ..Section::default()
         });
 
+        if let Some(c) = &self.calibration {
+            let rate = |x: Option<f64>| x.map_or("undefined".to_string(), |x| format!("{x:.2}"));
+            sections.push(Section {
+                title: "Judge calibration".into(),
+                paragraphs: vec![format!(
+                    "On {} labelled examples ({} good), the judge at threshold {} kept {} ({} of                      them good): precision {}, recall {}; {} answers never parsed as a score.                      Add your own labelled examples with judge.calibration.",
+                    c.examples,
+                    c.good,
+                    self.config.judge.threshold,
+                    c.kept,
+                    c.true_keeps,
+                    rate(c.precision),
+                    rate(c.recall),
+                    c.unparsed
+                )],
+                ..Section::default()
+            });
+        }
         sections.push(Section {
             title: "Spend".into(),
             paragraphs: vec![format!(
