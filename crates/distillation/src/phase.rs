@@ -801,10 +801,13 @@ async fn judge(
         let report = client.chat_batch(requests, Progress::Auto).await;
         for ((index, hash), result) in pending.into_iter().zip(hashes).zip(report.results) {
             let verdict = &mut verdicts[index];
-            let Ok(answer) = result else {
-                verdict.unparsed_answers += 1;
-                verdict.reason = "the judge request failed".into();
-                continue;
+            let answer = match result {
+                Ok(answer) => answer,
+                Err(error) => {
+                    verdict.unparsed_answers += 1;
+                    verdict.reason = format!("the judge request failed ({})", error.kind());
+                    continue;
+                }
             };
             match parse_judge_score(&answer.content).filter(|s| (1.0..=10.0).contains(s)) {
                 Some(score) => {

@@ -108,6 +108,18 @@ impl Phase1cReport {
                 )
             }
         ));
+        let unsent: usize = self
+            .funnels
+            .values()
+            .filter_map(|f| f.dropped.get("generate: request failed (budget_exceeded)"))
+            .sum();
+        if unsent > 0 {
+            summary.push(format!(
+                "Teacher budget cap reached (budget_usd {:?}): {unsent} requests were not sent; \
+                 everything paid for before the cap is kept and used.",
+                self.config.teacher.budget_usd
+            ));
+        }
         if self.holdout_graded < self.holdout_total {
             summary.push(format!(
                 "{} of {} holdout items were graded after training.",
