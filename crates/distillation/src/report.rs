@@ -46,8 +46,9 @@ impl Phase1cReport {
     fn sections(&self) -> Vec<Section> {
         let mut sections = Vec::new();
         let mut summary = vec![format!(
-            "Teacher `{}`, judge `{}`; {} teacher + {} original examples trained ({:.0}% teacher); \
-             {:.0} s in all.",
+            "Teacher `{}`, judge `{}`; {} teacher + {} original examples trained (mix.teacher_fraction \
+             {:.0}%: originals are sampled to match; with no teacher example the model still \
+             trains on originals so the rest of the phase runs); {:.0} s in all.",
             self.teacher_model,
             self.judge_model,
             self.mix_teacher,
@@ -218,7 +219,10 @@ impl Phase1cReport {
                         .map(|f| format!("FORGETTING: {f}"))
                         .collect()
                 },
-                markdown_extra: benchmarks::comparison_markdown(&self.before, &self.after),
+                markdown_extra: format!(
+                    "{}\n",
+                    benchmarks::comparison_markdown(&self.before, &self.after)
+                ),
                 html_extra: format!(
                     "<pre>{}</pre>\n",
                     escape(&benchmarks::comparison_markdown(&self.before, &self.after))
