@@ -6,12 +6,16 @@
 //!   exits non-zero when a tolerance is exceeded.
 //! - `gpu-bench infer --device cuda` measures the Llama-3.1-8B shape with random bf16 weights:
 //!   MMLU-like log-likelihood prefill, batched greedy decode, peak GPU memory.
+//! - `gpu-bench runner --device cuda --testset T --tokenizer DIR` runs the Phase 1B runner
+//!   (`failure_mining::run::run_items` over `benchmarks::LocalModel`) on a test set with a
+//!   random 8B-shape model: items/s by grading method, tokens/s, peak GPU memory.
 //!
 //! `tools/bench/gpu_bench.sh` runs both plus the HF transformers baseline and prints one table.
 
 mod gpu_memory;
 mod infer;
 mod parity;
+mod runner;
 
 use std::path::PathBuf;
 
@@ -78,6 +82,40 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The Phase 1B runner over a test set with a random model of the given shape; every
+    /// generation runs to `--max-new-tokens` (no stop tokens).
+    Runner {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// f32 or bf16 (default: bf16 on a GPU).
+        #[arg(long)]
+        precision: Option<Precision>,
+        /// llama31-8b, or tiny (to test the harness on a CPU).
+        #[arg(long, default_value = "llama31-8b")]
+        shape: String,
+        /// A phase1b testset.jsonl.
+        #[arg(long)]
+        testset: PathBuf,
+        /// HF tokenizer directory (tokenizer.json, tokenizer_config.json), e.g.
+        /// assets/smollm2-135m-instruct.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Only the first N items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Items per model call (phase1b's default `run.batch_size`).
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// New tokens of every generated reply, whatever its grader kind.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Batches of each method run untimed first.
+        #[arg(long, default_value_t = 1)]
+        warmup_batches: usize,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -126,6 +164,33 @@ fn main() -> Result<()> {
                 new_tokens,
             };
             let report = infer::run(&options)?;
+            emit(&report, json.as_deref())
+        }
+        Command::Runner {
+            device,
+            precision,
+            shape,
+            testset,
+            tokenizer,
+            limit,
+            batch_size,
+            max_new_tokens,
+            warmup_batches,
+            json,
+        } => {
+            let options = runner::Options {
+                device,
+                precision,
+                shape,
+                testset,
+                tokenizer,
+                limit,
+                batch_size,
+                max_new_tokens,
+                warmup_batches,
+                work_dir: None,
+            };
+            let report = runner::run(&options)?;
             emit(&report, json.as_deref())
         }
     }
