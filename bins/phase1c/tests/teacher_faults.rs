@@ -105,7 +105,7 @@ embedding_model = {minilm:?}
 [model]
 path = {model:?}
 [testset]
-size = 40
+size = 32
 [patterns]
 k = 3
 [labels]
@@ -160,6 +160,7 @@ retries = 2
 [judge.llm]
 kind = "endpoint"
 endpoint = {{ base_url = "{base_url}", model = "scripted-judge" }}
+max_concurrency = 4
 timeout_s = 3
 [generate]
 total_examples = 48
@@ -310,7 +311,7 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
     assert!(server.delivered_ok_count() > paid_before_kill);
     // No prompt was answered (and paid for) twice across the retries and the reruns, except
     // those whose answer was on the wire when a process died (at most one per request in
-    // flight, max_concurrency = 4, per kill).
+    // flight: max_concurrency = 4 for teacher and judge alike, per kill).
     let mut delivered: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
     for record in server.records().iter().filter(|r| r.delivered_ok) {
         delivered
