@@ -315,6 +315,8 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
         &|cluster| targeted.contains(&cluster),
         config.mix.seed,
     );
+    let teacher_ledger = llm_client::Ledger::open(&teacher_ledger)?;
+    let judge_ledger = llm_client::Ledger::open(&judge_ledger)?;
     let report = Phase1cReport {
         config: config.clone(),
         targets,
@@ -324,10 +326,10 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
         teacher_model,
         judge_model,
         calibration,
-        teacher_spend: llm_client::Ledger::open(&teacher_ledger)?.counts()?,
-        judge_spend: llm_client::Ledger::open(&judge_ledger)?.counts()?,
-        teacher_usd: llm_client::Ledger::open(&teacher_ledger)?.total_spend_usd()?,
-        judge_usd: llm_client::Ledger::open(&judge_ledger)?.total_spend_usd()?,
+        teacher_spend: teacher_ledger.counts()?,
+        judge_spend: judge_ledger.counts()?,
+        teacher_usd: teacher_ledger.total_spend_usd()?,
+        judge_usd: judge_ledger.total_spend_usd()?,
         mix_teacher: clean.len(),
         mix_original: mix.len() - clean.len(),
         before: trained.before,
@@ -599,6 +601,14 @@ async fn generate(
                     funnel.unreadable_answers += 1;
                     count(&mut funnel.dropped, "generate: no examples in the answer");
                     continue;
+                }
+                let extra = parsed.len().saturating_sub(wanted);
+                if extra > 0 {
+                    // Paid for but not asked for: counted, so the funnel adds up.
+                    *funnel
+                        .dropped
+                        .entry("generate: more examples than requested".into())
+                        .or_default() += extra;
                 }
                 for (index, (instruction, response, short)) in
                     parsed.into_iter().take(wanted).enumerate()

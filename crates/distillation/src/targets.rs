@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub struct Phase1bOutputs {
     pub dir: PathBuf,
     pub items: Vec<TestItem>,
+    /// Index into `items` by id (items are looked up per failure and per example).
+    item_index: BTreeMap<String, usize>,
     pub manifest: TestSetManifest,
     pub clusters: Vec<ClusterRecord>,
     /// `mine` failures with the cluster each was assigned to.
@@ -109,9 +111,15 @@ impl Phase1bOutputs {
                 "no failure patterns to target".into(),
             ));
         }
+        let item_index = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| (item.id.clone(), index))
+            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             items,
+            item_index,
             manifest,
             clusters,
             failures: assigned,
@@ -121,7 +129,7 @@ impl Phase1bOutputs {
     }
 
     pub fn item(&self, id: &str) -> Option<&TestItem> {
-        self.items.iter().find(|item| item.id == id)
+        self.item_index.get(id).map(|&index| &self.items[index])
     }
 
     /// A cluster's name: its label, else its top keywords.
