@@ -289,9 +289,11 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        kills.push(Instant::now());
         child.kill().unwrap();
         child.wait().unwrap();
+        // Taken once the process is dead: an answer delivered between `reached` and the kill
+        // is one the killed run paid for and never recorded.
+        kills.push(Instant::now());
     }
     let paid_before_kill = server.delivered_ok_count();
 
@@ -319,15 +321,34 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
             .or_default()
             .push(record.at);
     }
+    // The other way to pay twice is a client timeout on an answer the server did send (a
+    // loaded machine reads it late): the ledgers count those attempts as abandoned.
+    let abandoned: u64 = ["teacher-ledger.sqlite", "judge-ledger.sqlite"]
+        .iter()
+        .map(|name| {
+            llm_client::Ledger::open(&run.join(name))
+                .unwrap()
+                .counts()
+                .unwrap()
+                .abandoned
+        })
+        .sum();
     let twice: Vec<&Vec<Instant>> = delivered.values().filter(|at| at.len() > 1).collect();
-    assert!(twice.len() <= 8, "{} requests paid twice", twice.len());
-    for at in twice {
-        assert_eq!(at.len(), 2, "paid more than twice");
-        assert!(
-            kills.iter().any(|&kill| at[0] <= kill && at[1] > kill),
-            "paid twice other than across a kill"
-        );
-    }
+    let across_a_kill =
+        |at: &[Instant]| at.len() == 2 && kills.iter().any(|&kill| at[0] <= kill && at[1] > kill);
+    let (across, other): (Vec<&Vec<Instant>>, Vec<&Vec<Instant>>) =
+        twice.into_iter().partition(|at| across_a_kill(at));
+    assert!(
+        across.len() <= 8,
+        "{} requests paid twice across the kills",
+        across.len()
+    );
+    let extra_payments: usize = other.iter().map(|at| at.len() - 1).sum();
+    assert!(
+        extra_payments as u64 <= abandoned,
+        "{extra_payments} answers paid again other than across a kill, but only {abandoned} \
+         attempts were abandoned after a timeout"
+    );
 
     // 3. Every output parses as its record; the gate caught every plant, with its reason.
     let generated: Vec<TeacherExample> = read_jsonl(run.join("generated.jsonl")).unwrap();

@@ -320,18 +320,21 @@ impl Phase1cReport {
         sections.push(Section {
             title: "Spend".into(),
             paragraphs: vec![format!(
-                "Teacher ledger: {} answers, {} failed, {} pending, {} HTTP attempts, ${:.4}. \
-                 Judge ledger: {} answers, {} failed, {} pending, {} HTTP attempts, ${:.4}. \
-                 A rerun reads finished answers from the ledgers and pays nothing for them.",
+                "Teacher ledger: {} answers, {} failed, {} pending, {} HTTP attempts ({} given up \
+                 on after a timeout, possibly billed), ${:.4}. Judge ledger: {} answers, {} \
+                 failed, {} pending, {} HTTP attempts ({} given up on), ${:.4}. A rerun reads \
+                 finished answers from the ledgers and pays nothing for them.",
                 self.teacher_spend.done,
                 self.teacher_spend.failed,
                 self.teacher_spend.pending,
                 self.teacher_spend.attempts,
+                self.teacher_spend.abandoned,
                 self.teacher_usd,
                 self.judge_spend.done,
                 self.judge_spend.failed,
                 self.judge_spend.pending,
                 self.judge_spend.attempts,
+                self.judge_spend.abandoned,
                 self.judge_usd
             )],
             ..Section::default()

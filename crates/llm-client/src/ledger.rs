@@ -65,6 +65,10 @@ pub struct LedgerCounts {
     pub failed: u64,
     pub pending: u64,
     pub attempts: u64,
+    /// Attempts the client gave up on while the server may still have answered (a timeout or a
+    /// stalled stream): each may have been billed, and its retry is paid again.
+    #[serde(default)]
+    pub abandoned: u64,
 }
 
 #[derive(Debug)]
@@ -167,6 +171,11 @@ impl Ledger {
             }
             counts.attempts =
                 c.query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get::<_, i64>(0))? as u64;
+            counts.abandoned = c.query_row(
+                "SELECT COUNT(*) FROM attempts WHERE outcome IN ('timeout', 'stream_stalled')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
             Ok(counts)
         })
     }
@@ -349,12 +358,12 @@ mod tests {
             ledger.mark_pending("b", "m", "{}").unwrap();
             let id = ledger.begin_attempt("b", 0.5).unwrap();
             let record = AttemptRecord {
-                outcome: "server",
-                http_status: Some(500),
+                outcome: "timeout",
+                http_status: None,
                 cost_usd: 0.0,
             };
             ledger.finish_attempt(id, &record).unwrap();
-            ledger.fail("b", "HTTP 500", 1).unwrap();
+            ledger.fail("b", "timed out", 1).unwrap();
             // "c" is left in flight, as if the process died mid-request.
             ledger.mark_pending("c", "m", "{}").unwrap();
             ledger.begin_attempt("c", 0.125).unwrap();
@@ -372,7 +381,8 @@ mod tests {
                 done: 1,
                 failed: 1,
                 pending: 1,
-                attempts: 3
+                attempts: 3,
+                abandoned: 1,
             }
         );
         // A done row is never reset to pending.
