@@ -26,6 +26,10 @@ tasks:
                     verified, judged, deduplicated, decontaminated, trained, measured per pattern
                     on holdout items; without --config, the embedded demo on phase 1B's demo run
                     (SmolLM2 as teacher and judge through serve); ARGS go to phase1c
+  phase1 [ARGS]     the closed loop (bins/phase1): 1A -> 1B -> 1C in runs/phase1 with a stage
+                    manifest and one report (report.md, report.html); without --config, the
+                    embedded default (crates/closed-loop/phase1.toml); ARGS go to phase1
+                    (--config FILE, --set KEY=VALUE, --resume, --from STAGE, --rounds N)
   ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
   test              build everything, set up assets, run all tests
   gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:
@@ -54,6 +58,7 @@ fn run() -> Result<()> {
         "phase1a" => phase1a(&rest),
         "phase1b" => phase1b(&rest),
         "phase1c" => phase1c(&rest),
+        "phase1" => phase1(&rest),
         "ci" => ci(),
         "test" => test(),
         "gpu-build" => gpu_build(),
@@ -163,6 +168,11 @@ fn phase1b(rest: &[String]) -> Result<()> {
     run_phase_with_serve("phase1b", rest)
 }
 
+fn phase1(rest: &[String]) -> Result<()> {
+    // serve labels the patterns and is the teacher and judge (started and stopped by phase1).
+    run_phase_with_serve("phase1", rest)
+}
+
 fn phase1c(rest: &[String]) -> Result<()> {
     // serve is the embedded teacher and judge (started and stopped by phase1c).
     run_phase_with_serve("phase1c", rest)
@@ -183,7 +193,8 @@ fn run_phase_with_serve(binary: &str, rest: &[String]) -> Result<()> {
     ])?;
     run_built("fetch-assets", &[])?;
     let mut args: Vec<&str> = rest.iter().map(String::as_str).collect();
-    if !args.contains(&"--config") {
+    // The loop runs its embedded default without a flag.
+    if binary != "phase1" && !args.contains(&"--config") {
         args.push("--demo");
     }
     run_built(binary, &args)
@@ -240,6 +251,7 @@ const GPU_BINARIES: &[(&str, &str)] = &[
     ("phase1a", "phase1a"),
     ("phase1b", "phase1b"),
     ("phase1c", "phase1c"),
+    ("phase1", "phase1"),
     ("lora-bench", "lora-bench"),
     ("serve-cli", "serve"),
 ];

@@ -1,4 +1,4 @@
-//! The README's first command, `cargo xtask demo`, asks the embedded SmolLM2-135M-Instruct a
+//! The README's chat demo, `cargo xtask demo`, asks the embedded SmolLM2-135M-Instruct a
 //! question through this binary: run it as a new user would, from a directory with nothing in it.
 
 use std::process::Command;

@@ -47,12 +47,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pipeline::init_logging();
     let args = Args::parse();
     let mut config = match (&args.config, args.demo) {
         (Some(path), false) => Phase1aConfig::load(path, &args.overrides)?,

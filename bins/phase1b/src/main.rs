@@ -7,19 +7,17 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use failure_mining::phase::{grade_shard, prepare_testset};
+use failure_mining::phase::{DEFAULT_CONFIG, grade_shard, prepare_testset};
 use failure_mining::{Phase1bConfig, run_phase1b};
 use lora_training::distributed::{launch, rank_device};
 
-/// The documented default configuration (`phase1b.toml`).
-const DEFAULT_CONFIG: &str = include_str!("../phase1b.toml");
 /// What the embedded demo tests when phase 1A's demo has run: its merged model.
 const PHASE1A_MERGED: &str = "runs/phase1a/merged";
 
 #[derive(Parser, Debug)]
 #[command(about = "Phase 1B: failure mining over a graded test set, clustered and named")]
 struct Args {
-    /// Configuration file (TOML); see bins/phase1b/phase1b.toml for every field.
+    /// Configuration file (TOML); see crates/failure-mining/phase1b.toml for every field.
     #[arg(long, conflicts_with = "demo")]
     config: Option<PathBuf>,
     /// Run the embedded default (SmolLM2, or phase 1A's merged demo model, on the CPU).
@@ -36,12 +34,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pipeline::init_logging();
     let args = Args::parse();
     let config: Phase1bConfig = match (&args.config, args.demo) {
         (Some(path), false) => pipeline::load_config(path, &args.overrides)?,

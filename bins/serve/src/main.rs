@@ -50,13 +50,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pipeline::init_logging();
     let args = Args::parse();
     let device = llama::device::select_device(&args.device, args.precision)?;
     let started = Instant::now();

@@ -109,12 +109,7 @@ enum HumanEvalModeArg {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pipeline::init_logging();
     let args = Args::parse();
     let (local, endpoint) = match (&args.model, &args.endpoint) {
         (None, Some(url)) => (

@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use benchmarks::BenchmarkResult;
-use failure_mining::report::{
-    Section, Table, escape, render_html, render_markdown, write_report_files,
-};
 use llm_client::LedgerCounts;
+use pipeline::report::{Section, Table, escape, render_html, render_markdown, write_report_files};
 use records::distill::{Funnel, PatternOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +41,7 @@ pub struct Phase1cReport {
 }
 
 impl Phase1cReport {
-    fn sections(&self) -> Vec<Section> {
+    pub fn sections(&self) -> Vec<Section> {
         let mut sections = Vec::new();
         let mut summary = vec![format!(
             "Teacher `{}`, judge `{}`; {} teacher + {} original examples trained (mix.teacher_fraction \

@@ -33,7 +33,10 @@ use crate::report::{Phase1bReport, write_report};
 use crate::run::{RunConfig, run_items};
 use crate::testset::{TestSetConfig, build_testset, read_testset, write_testset};
 
-/// Everything phase 1B needs (`bins/phase1b/phase1b.toml` documents each field).
+/// The documented default configuration (SmolLM2 on a 240-item test set, labelled by `serve`).
+pub const DEFAULT_CONFIG: &str = include_str!("../phase1b.toml");
+
+/// Everything phase 1B needs (`crates/failure-mining/phase1b.toml` documents each field).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Phase1bConfig {

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use benchmarks::stats::summarize;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
-use records::jsonl::write_atomic;
 use records::mining::{FailureRecord, HoldoutMembership, Split, TestItem, TestSetManifest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::patterns::LabelOutcome;
 use crate::phase::{Phase1bConfig, index_items, index_records};
+use pipeline::report::{Section, Table, render_html, render_markdown, write_report_files};
 
 /// One family's results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,7 +192,7 @@ impl Phase1bReport {
     }
 
     /// The report as sections of paragraphs and tables, rendered by both writers.
-    fn sections(&self) -> Vec<Section> {
+    pub fn sections(&self) -> Vec<Section> {
         let mut sections = Vec::new();
         let overall_failed: usize = self.families.iter().map(|f| f.failed).sum();
         let overall_items: usize = self.families.iter().map(|f| f.items).sum();
@@ -373,114 +373,6 @@ impl Phase1bReport {
     }
 }
 
-/// A report section: a heading, paragraphs, an optional table, then anything else (an image
-/// link in Markdown, an inline SVG in HTML).
-#[derive(Debug, Clone, Default)]
-pub struct Section {
-    pub title: String,
-    pub paragraphs: Vec<String>,
-    pub table: Option<Table>,
-    pub markdown_extra: String,
-    pub html_extra: String,
-}
-
-/// A table, rendered as Markdown or HTML.
-#[derive(Debug, Clone, Default)]
-pub struct Table {
-    pub headers: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
-
-/// A Markdown document of `sections` under the heading `title`.
-pub fn render_markdown(title: &str, sections: &[Section]) -> String {
-    let mut out = format!("# {title}\n");
-    for section in sections {
-        out.push_str(&format!("\n## {}\n\n", section.title));
-        for paragraph in &section.paragraphs {
-            out.push_str(paragraph);
-            out.push_str("\n\n");
-        }
-        if let Some(table) = &section.table {
-            out.push_str(&table.markdown());
-        }
-        out.push_str(&section.markdown_extra);
-    }
-    out
-}
-
-/// A self-contained HTML page (no external files, scripts or fonts) of `sections`.
-pub fn render_html(title: &str, sections: &[Section]) -> String {
-    let mut out = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>{title}</title><style>\
-         body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
-         table{{border-collapse:collapse;margin:1em 0;font-size:14px}}\
-         th,td{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}\
-         th{{background:#f3f3f3}}svg{{max-width:100%;height:auto}}\
-         </style></head><body>\n<h1>{title}</h1>\n",
-        title = escape(title)
-    );
-    for section in sections {
-        out.push_str(&format!("<h2>{}</h2>\n", escape(&section.title)));
-        for paragraph in &section.paragraphs {
-            out.push_str(&format!("<p>{}</p>\n", escape(paragraph)));
-        }
-        if let Some(table) = &section.table {
-            out.push_str(&table.html());
-        }
-        out.push_str(&section.html_extra);
-    }
-    out.push_str("</body></html>\n");
-    out
-}
-
-impl Table {
-    pub fn markdown(&self) -> String {
-        let cell = |text: &str| text.replace('|', "\\|").replace('\n', " ");
-        let mut out = format!(
-            "| {} |\n|{}|\n",
-            self.headers
-                .iter()
-                .map(|h| cell(h))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            vec!["---"; self.headers.len()].join("|")
-        );
-        for row in &self.rows {
-            out.push_str(&format!(
-                "| {} |\n",
-                row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
-            ));
-        }
-        out
-    }
-
-    pub fn html(&self) -> String {
-        let mut out = String::from("<table><thead><tr>");
-        for header in &self.headers {
-            out.push_str(&format!("<th>{}</th>", escape(header)));
-        }
-        out.push_str("</tr></thead><tbody>\n");
-        for row in &self.rows {
-            out.push_str("<tr>");
-            for cell in row {
-                out.push_str(&format!("<td>{}</td>", escape(cell)));
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</tbody></table>\n");
-        out
-    }
-}
-
-/// `text` with HTML's special characters escaped.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn clip(text: &str, chars: usize) -> String {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match text.char_indices().nth(chars) {
@@ -497,40 +389,4 @@ pub fn write_report(dir: &Path, report: &Phase1bReport) -> Result<(PathBuf, Path
         &report.html(),
         report,
     )?)
-}
-
-/// Writes `report.md`, `report.html` and `report.json` (the typed report) into `dir`, each
-/// atomically; returns the Markdown and HTML paths.
-pub fn write_report_files(
-    dir: &Path,
-    markdown: &str,
-    html: &str,
-    report: &impl Serialize,
-) -> records::Result<(PathBuf, PathBuf)> {
-    let markdown_path = dir.join("report.md");
-    let html_path = dir.join("report.html");
-    write_atomic(&markdown_path, markdown.as_bytes())?;
-    write_atomic(&html_path, html.as_bytes())?;
-    let mut json = serde_json::to_vec_pretty(report).expect("the report serialises");
-    json.push(b'\n');
-    write_atomic(dir.join("report.json"), &json)?;
-    Ok((markdown_path, html_path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_escape_for_both_renderings() {
-        let table = Table {
-            headers: vec!["a|b".into(), "c".into()],
-            rows: vec![vec!["<x> & y".into(), "two\nlines".into()]],
-        };
-        assert_eq!(
-            table.markdown(),
-            "| a\\|b | c |\n|---|---|\n| <x> & y | two lines |\n"
-        );
-        assert!(table.html().contains("<td>&lt;x&gt; &amp; y</td>"));
-    }
 }

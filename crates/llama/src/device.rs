@@ -50,7 +50,9 @@ pub fn select_device(spec: &str, precision: Option<Precision>) -> Result<Device>
         Precision::Bf16 => FloatDType::BF16,
     };
     // A device that already holds tensors keeps its dtype; that is only an error if it differs.
-    if let Err(error) = device.configure(dtype) {
+    if let Err(error) = device.configure(dtype)
+        && device.settings().float_dtype != dtype
+    {
         return Err(Error::InvalidArgument(format!(
             "cannot use {dtype:?} on device `{spec}`: {error:?}"
         )));
@@ -76,4 +78,20 @@ fn cuda_device(spec: &str) -> Result<Device> {
     Err(Error::InvalidArgument(format!(
         "device `{spec}` needs a build with the `tch` feature (see README: GPU)"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selecting_the_same_device_twice_is_fine_and_a_different_precision_is_named() {
+        // A process that runs several phases (the loop) selects the CPU once per phase.
+        select_device("cpu", None).unwrap();
+        select_device_named("cpu", Some("f32")).unwrap();
+        let error = select_device("cpu", Some(Precision::Bf16))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("BF16") && error.contains("cpu"), "{error}");
+    }
 }

@@ -87,14 +87,14 @@ impl LoraConfig {
 pub struct DataConfig {
     /// Training JSONL.
     pub train: PathBuf,
-    /// Held-out JSONL for the eval loss. Without one, `eval_examples` are split off the
-    /// training file (the last ones: deterministic, and never trained on).
+    /// Held-out JSONL for the eval loss (its first `eval_examples` are used). Without one,
+    /// `eval_examples` are split off the training file (deterministic, never trained on).
     pub eval: Option<PathBuf>,
     /// `auto`, `messages`, `alpaca` or `sharegpt`.
     pub format: DataFormat,
     /// Longer examples are cut to this many tokens (counted and reported).
     pub max_seq_len: usize,
-    /// Examples split off the training file for evaluation when `eval` is not given.
+    /// Examples for the eval loss: the first of `eval`, or split off the training file.
     pub eval_examples: usize,
     /// A system message prepended to examples that have none (none by default).
     pub system_prompt: Option<String>,

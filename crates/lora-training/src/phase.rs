@@ -30,6 +30,9 @@ use llama::burn::tensor::Device;
 use llama::generate::{GenerationConfig, generate};
 use llama::{ExportOptions, HostDType, Llama, Pretrained};
 use pipeline::ModelSection;
+use pipeline::report::{
+    Section, Table, benchmark_table, render_html, render_markdown, write_report_files,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -369,21 +372,30 @@ pub fn run_phase1a(
             &run_dir.join("validate/merged"),
         )?;
     }
-    let report = Report {
-        config,
+    let c = config;
+    let report = Phase1aReport {
+        model: c.model.path.display().to_string(),
+        train_data: c.data.train.display().to_string(),
+        lora: format!(
+            "LoRA r={} alpha={} on {}",
+            c.lora.rank,
+            c.lora.alpha,
+            c.lora.target_modules.join(", ")
+        ),
         steps: outcome.steps,
         train_seconds: started.elapsed().as_secs_f64(),
         padding: outcome.padding_fraction,
         base_loss,
         tuned_loss: outcome.final_eval_loss,
-        check,
+        merge_check: check,
         exact_match: result.exact_match,
-        before: &result.before,
-        after: &result.after,
-        audit: &data.meta.train_audit,
+        before: result.before.clone(),
+        after: result.after.clone(),
+        audit: data.meta.train_audit.clone(),
+        loss_svg: std::fs::read_to_string(run_dir.join(crate::trainer::LOSS_PLOT_FILE))
+            .unwrap_or_default(),
     };
-    let report_path = run_dir.join("report.md");
-    records::jsonl::write_atomic(&report_path, report.markdown().as_bytes())?;
+    let (report_path, _) = report.write(run_dir)?;
     result.report_markdown = Some(report_path);
     Ok(result)
 }
@@ -507,69 +519,127 @@ pub fn validate_model(
     Ok(results)
 }
 
-struct Report<'a> {
-    config: &'a Phase1aConfig,
-    steps: usize,
-    train_seconds: f64,
-    padding: f64,
-    base_loss: f64,
-    tuned_loss: Option<f64>,
-    check: MergeCheck,
-    exact_match: Option<(usize, f64, f64)>,
-    before: &'a [BenchmarkResult],
-    after: &'a [BenchmarkResult],
-    audit: &'a MaskingAudit,
+/// What phase 1A did, as `report.{md,html,json}` show it (the JSON is what the loop's combined
+/// report reads back when it reuses this phase).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase1aReport {
+    pub model: String,
+    pub train_data: String,
+    pub lora: String,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub padding: f64,
+    pub base_loss: f64,
+    pub tuned_loss: Option<f64>,
+    pub merge_check: MergeCheck,
+    /// `(examples, before, after)` greedy exact match of the held-out replies.
+    pub exact_match: Option<(usize, f64, f64)>,
+    pub before: Vec<BenchmarkResult>,
+    pub after: Vec<BenchmarkResult>,
+    pub audit: MaskingAudit,
+    /// The training and held-out loss curves (`loss.svg`), inlined into the HTML.
+    pub loss_svg: String,
 }
 
-impl Report<'_> {
-    fn markdown(&self) -> String {
-        let c = self.config;
-        let mut out = format!(
-            "# Phase 1A report\n\nModel `{}` on `{}`, LoRA r={} alpha={} on {}; {} steps ({:.0} s \
-             including data preparation), padding {:.1}% of computed positions.\n\n\
-             ![loss](loss.svg)\n\n## Held-out\n\n| | base | tuned |\n|---|---:|---:|\n\
-             | loss per target token | {:.4} | {} |\n",
-            c.model.path.display(),
-            c.data.train.display(),
-            c.lora.rank,
-            c.lora.alpha,
-            c.lora.target_modules.join(", "),
-            self.steps,
-            self.train_seconds,
-            100.0 * self.padding,
-            self.base_loss,
+impl Phase1aReport {
+    /// The report as sections (the loop's report embeds them).
+    pub fn sections(&self) -> Vec<Section> {
+        let mut held_out = vec![vec![
+            "loss per target token".to_string(),
+            format!("{:.4}", self.base_loss),
             self.tuned_loss
                 .map_or("–".to_string(), |l| format!("{l:.4}")),
-        );
+        ]];
         if let Some((n, before, after)) = self.exact_match {
-            out += &format!("| exact match ({n} examples) | {before:.3} | {after:.3} |\n");
+            held_out.push(vec![
+                format!("exact match ({n} examples)"),
+                format!("{before:.3}"),
+                format!("{after:.3}"),
+            ]);
         }
-        out += &format!(
-            "\n## Merge check\n\nMerged logits vs base + adapter on {} probes: max |Δ| {:.3e}, \
-             tolerance {:.3e} (largest logit {:.2}).\n",
-            self.check.probes,
-            self.check.max_abs_diff,
-            self.check.tolerance,
-            self.check.max_abs_logit
-        );
+        let mut sections = vec![Section {
+            title: "Training".into(),
+            paragraphs: vec![format!(
+                "Model `{}` on `{}`, {}; {} steps ({:.0} s including data preparation), padding \
+                 {:.1}% of computed positions.",
+                self.model,
+                self.train_data,
+                self.lora,
+                self.steps,
+                self.train_seconds,
+                100.0 * self.padding,
+            )],
+            table: Some(Table {
+                headers: vec!["held out".into(), "base".into(), "tuned".into()],
+                rows: held_out,
+            }),
+            markdown_extra: "\n![loss](loss.svg)\n".into(),
+            html_extra: format!("{}\n", self.loss_svg),
+        }];
+        sections.push(Section {
+            title: "Merge check".into(),
+            paragraphs: vec![format!(
+                "Merged logits vs base + adapter on {} probes: max |Δ| {:.3e}, tolerance {:.3e} \
+                 (largest logit {:.2}).",
+                self.merge_check.probes,
+                self.merge_check.max_abs_diff,
+                self.merge_check.tolerance,
+                self.merge_check.max_abs_logit
+            )],
+            ..Section::default()
+        });
         if !self.after.is_empty() {
-            out += "\n## Benchmarks (base → merged)\n\n";
-            out += &benchmarks::comparison_markdown(self.before, self.after);
-            out += "\n";
+            sections.push(Section {
+                title: "Benchmarks (base → merged)".into(),
+                paragraphs: vec!["Means with 95% bootstrap intervals.".into()],
+                table: Some(benchmark_table(&[
+                    ("base", &self.before),
+                    ("merged", &self.after),
+                ])),
+                ..Section::default()
+            });
         }
-        out += &format!(
-            "\n## Data\n\n{} examples, {} tokens, {} trained; truncated {}, skipped (no target \
-             left after truncation) {}.\n\n| role | tokens | trained |\n|---|---:|---:|\n",
-            self.audit.examples,
-            self.audit.tokens,
-            self.audit.trained_tokens,
-            self.audit.truncated,
-            self.audit.skipped_no_target_after_truncation
-        );
-        for (role, counts) in &self.audit.per_role {
-            out += &format!("| {role} | {} | {} |\n", counts.tokens, counts.trained);
-        }
-        out
+        let audit = &self.audit;
+        sections.push(Section {
+            title: "Data".into(),
+            paragraphs: vec![format!(
+                "{} examples, {} tokens, {} trained; truncated {}, skipped (no target left after \
+                 truncation) {}.",
+                audit.examples,
+                audit.tokens,
+                audit.trained_tokens,
+                audit.truncated,
+                audit.skipped_no_target_after_truncation
+            )],
+            table: Some(Table {
+                headers: vec!["role".into(), "tokens".into(), "trained".into()],
+                rows: audit
+                    .per_role
+                    .iter()
+                    .map(|(role, counts)| {
+                        vec![
+                            role.clone(),
+                            counts.tokens.to_string(),
+                            counts.trained.to_string(),
+                        ]
+                    })
+                    .collect(),
+            }),
+            ..Section::default()
+        });
+        sections
+    }
+
+    /// Writes `report.md`, `report.html` and `report.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        let sections = self.sections();
+        let title = "Phase 1A: LoRA training";
+        Ok(write_report_files(
+            dir,
+            &render_markdown(title, &sections),
+            &render_html(title, &sections),
+            self,
+        )?)
     }
 }
 

@@ -201,7 +201,7 @@ pub fn tokenize_data(
     };
     let mut train = SplitWriter::create(dir, "train")?;
     let mut eval = SplitWriter::create(dir, "eval")?;
-    // Eval examples: a separate file, or the first `eval_examples` of the training file
+    // Eval examples: the first `eval_examples` of a separate file, or of the training file
     // (deterministic and streaming-friendly; they are never trained on).
     let mut eval_from_train = if config.eval.is_some() {
         0
@@ -223,7 +223,16 @@ pub fn tokenize_data(
         }
     })?;
     if let Some(eval_path) = &config.eval {
-        stream_file(eval_path, config, &renderer, |example| eval.push(example))?;
+        // At most `eval_examples` of the eval file: the eval loss runs after training (and on
+        // the base model), so its size is a cost a small run should be able to cap.
+        let mut room = config.eval_examples;
+        stream_file(eval_path, config, &renderer, |example| {
+            if room == 0 {
+                return Ok(());
+            }
+            room -= 1;
+            eval.push(example)
+        })?;
     }
     progress.finish_and_clear();
     if train.audit.examples == 0 {

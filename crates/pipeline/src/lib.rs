@@ -13,6 +13,9 @@
 //! # Ok::<(), pipeline::Error>(())
 //! ```
 
+pub mod manifest;
+pub mod report;
+
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -50,9 +53,22 @@ pub enum Error {
     Invalid { origin: String, message: String },
     #[error("--set {assignment}: {message}")]
     Override { assignment: String, message: String },
+    /// A stage manifest that cannot be read or written.
+    #[error("{path}: {message}")]
+    Manifest { path: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Logs to stderr at `info` unless `RUST_LOG` says otherwise: every binary's first line.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// Parses `text` (from `origin`, named in errors) after applying `overrides`.
 pub fn parse_config<T: DeserializeOwned>(
@@ -71,6 +87,21 @@ pub fn parse_config<T: DeserializeOwned>(
     table
         .try_into()
         .map_err(|e: toml::de::Error| invalid(e.to_string()))
+}
+
+/// `overlay` written over `base`: tables merge key by key, any other value (arrays included)
+/// replaces the base's. How a loop config's `[phase1b]` table overrides that phase's defaults.
+pub fn merge_tables(base: &mut toml::Table, overlay: &toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(overlay)) => {
+                merge_tables(base, overlay)
+            }
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// Reads and parses a config file after applying `overrides`.
@@ -115,6 +146,17 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn merging_overrides_leaves_and_keeps_the_rest() {
+        let mut base: toml::Table =
+            toml::from_str("a = 1\n[s]\nx = 1\ny = [1, 2]\n[s.t]\nz = 1\n").unwrap();
+        let overlay: toml::Table = toml::from_str("[s]\ny = [3]\n[s.t]\nw = 2\n").unwrap();
+        super::merge_tables(&mut base, &overlay);
+        let expected: toml::Table =
+            toml::from_str("a = 1\n[s]\nx = 1\ny = [3]\n[s.t]\nz = 1\nw = 2\n").unwrap();
+        assert_eq!(base, expected);
+    }
+
     use super::*;
     use serde::Deserialize;
 

@@ -1,0 +1,222 @@
+//! The README's first command, `cargo xtask phase1`, as a new user meets it: a fresh checkout
+//! with the assets fetched and no `runs/`. The embedded loop runs end to end on real inputs —
+//! SmolLM2-135M trained (1A), its failures mined and clustered with MiniLM (1B; keyword labels
+//! here, to save CI the labeller's minute), targeted data from `serve` as teacher and judge,
+//! trained and measured on the holdout (1C) — with every size cut down to fit CI. Then the
+//! manifest's promise that a rerun reuses every stage and pays for nothing, and bad input named.
+//! (A hand-edited output rerunning its stage, and --resume, are tested on `run_stage` in
+//! crates/closed-loop, without paying for three phases again.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use distillation::report::Phase1cReport;
+use failure_mining::report::Phase1bReport;
+use lora_training::phase::Phase1aReport;
+use records::clusters::{ClusterAssignment, ClusterRecord};
+use records::distill::{GateDecision, JudgeVerdict, TeacherExample, TrainingExample};
+use records::eval::EvalRecord;
+use records::jsonl::read_jsonl;
+use records::mining::{FailureRecord, HoldoutMembership, TestItem};
+
+/// Sizes cut down for CI; everything else is the embedded default.
+const CI_SIZES: &[&str] = &[
+    "phase1a.train.max_steps=2",
+    "phase1a.train.micro_batch_size=2",
+    "phase1a.data.eval_examples=8",
+    "phase1a.train.eval_every=0",
+    "phase1a.train.checkpoint_every=0",
+    "phase1a.merge.probes=2",
+    "phase1a.validate.exact_match_examples=2",
+    "phase1a.validate.benchmarks=[\"mmlu\"]",
+    "phase1a.validate.mmlu_subjects=[\"anatomy\"]",
+    "phase1b.testset.size=24",
+    "phase1b.patterns.k=3",
+    "phase1b.labels.labeller=\"keywords\"",
+    "phase1b.run.max_new_tokens.number=24",
+    "phase1b.run.max_new_tokens.constraints=48",
+    "phase1c.generate.total_examples=3",
+    "phase1c.generate.max_tokens=96",
+    "phase1c.judge.max_tokens=32",
+    "phase1c.judge.calibrate=false",
+    "phase1c.decontaminate.embedding_sources=[\"holdout\"]",
+    "phase1c.train.max_seq_len=128",
+    "phase1c.train.train.max_steps=2",
+    "phase1c.train.train.micro_batch_size=2",
+    "phase1c.train.validate.enabled=false",
+    "phase1c.holdout.max_new_tokens.number=24",
+    "phase1c.holdout.max_new_tokens.constraints=48",
+];
+
+fn phase1(dir: &Path, assets: &Path, extra: &[&str]) -> Output {
+    let serve = Path::new(env!("CARGO_BIN_EXE_phase1"))
+        .parent()
+        .unwrap()
+        .join("serve");
+    assert!(
+        serve.is_file(),
+        "serve is built beside phase1 (cargo build --workspace)"
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_phase1"));
+    for assignment in CI_SIZES {
+        command.args(["--set", assignment]);
+    }
+    command
+        .args(extra)
+        .current_dir(dir)
+        .env("TUNELOOP_ASSETS", assets)
+        .env("TUNELOOP_SERVE_BIN", &serve)
+        .output()
+        .unwrap()
+}
+
+fn succeeded(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "phase1 failed:\n{stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `stage | action` pairs from phase1's stdout table.
+fn actions(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("stage |"))
+        .skip(1)
+        .filter_map(|line| {
+            let mut cells = line.split(" | ");
+            Some((cells.next()?.to_string(), cells.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn paid_attempts(run: &Path) -> u64 {
+    ["teacher-ledger.sqlite", "judge-ledger.sqlite"]
+        .iter()
+        .map(|name| {
+            llm_client::Ledger::open(&run.join("1c").join(name))
+                .unwrap()
+                .counts()
+                .unwrap()
+                .attempts
+        })
+        .sum()
+}
+
+fn report_json<T: serde::de::DeserializeOwned>(dir: PathBuf) -> T {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
+    let assets = assets::AssetPaths::locate();
+    assets
+        .require(&assets.smollm2_dir().join("config.json"))
+        .expect("SmolLM2 assets missing: run `cargo xtask assets`");
+    let fresh = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&assets.root, fresh.path().join("assets")).unwrap();
+    let run = fresh.path().join("runs/phase1");
+
+    // 1. The whole loop from nothing.
+    let stdout = succeeded(&phase1(fresh.path(), &assets.root, &[]));
+    let ran: Vec<(String, String)> = ["1a", "1b", "1c"]
+        .iter()
+        .map(|s| (s.to_string(), "ran".to_string()))
+        .collect();
+    assert_eq!(actions(&stdout), ran, "{stdout}");
+
+    // Every stage's outputs parse as their typed records and connect.
+    let a: Phase1aReport = report_json(run.join("1a"));
+    assert_eq!(a.steps, 2);
+    assert!(!a.after.is_empty(), "1A validated its merged model");
+    assert!(run.join("1a/merged/config.json").is_file());
+    let items: Vec<TestItem> = read_jsonl(run.join("1b/testset.jsonl")).unwrap();
+    let results: Vec<EvalRecord> = read_jsonl(run.join("1b/results.jsonl")).unwrap();
+    let failures: Vec<FailureRecord> = read_jsonl(run.join("1b/failures.jsonl")).unwrap();
+    let clusters: Vec<ClusterRecord> = read_jsonl(run.join("1b/clusters.jsonl")).unwrap();
+    let assignments: Vec<ClusterAssignment> = read_jsonl(run.join("1b/assignments.jsonl")).unwrap();
+    let membership: Vec<HoldoutMembership> =
+        read_jsonl(run.join("1b/holdout_membership.jsonl")).unwrap();
+    let b: Phase1bReport = report_json(run.join("1b"));
+    assert_eq!((items.len(), results.len(), clusters.len()), (24, 24, 3));
+    assert_eq!(assignments.len(), failures.len());
+    assert!(!membership.is_empty());
+    // 1B tested 1A's merged model, not the base.
+    assert!(b.model.ends_with("1a/merged"), "{}", b.model);
+    let generated: Vec<TeacherExample> = read_jsonl(run.join("1c/generated.jsonl")).unwrap();
+    let gate: Vec<GateDecision> = read_jsonl(run.join("1c/gate.jsonl")).unwrap();
+    let _: Vec<JudgeVerdict> = read_jsonl(run.join("1c/judged.jsonl")).unwrap();
+    let mix: Vec<TrainingExample> = read_jsonl(run.join("1c/mix.jsonl")).unwrap();
+    assert_eq!(gate.len(), generated.len(), "one gate decision per example");
+    assert!(!mix.is_empty());
+    let c: Phase1cReport = report_json(run.join("1c"));
+    assert!(c.config.phase1b_dir.ends_with("1b"));
+    assert!(c.config.model.path.ends_with("1a/merged"));
+    assert!(
+        c.config
+            .mix
+            .original_data
+            .ends_with("demo-data/train.jsonl")
+    );
+    assert!(!c.patterns.is_empty());
+    assert!(run.join("1c/train/merged/config.json").is_file());
+    let report: closed_loop::Phase1Report = report_json(run.clone());
+    assert_eq!(report.rounds_run, 1);
+    assert_eq!(report.patterns.len(), 3);
+
+    // One report names every cluster and carries every phase's sections and charts.
+    let markdown = std::fs::read_to_string(run.join("report.md")).unwrap();
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for cluster in &clusters {
+        let name = &cluster.label.as_ref().expect("labelled").name;
+        assert!(markdown.contains(name.as_str()), "report.md lacks {name}");
+        assert!(
+            html.contains(&pipeline::report::escape(name)),
+            "report.html lacks {name}"
+        );
+    }
+    for heading in [
+        "Stages",
+        "Benchmarks after each phase",
+        "1a · Training",
+        "1b · Failure patterns",
+        "1c/train · Training",
+    ] {
+        assert!(markdown.contains(heading), "report.md lacks {heading}");
+    }
+    assert!(
+        html.matches("<svg").count() >= 3,
+        "loss curves, cluster map, bars"
+    );
+    assert!(
+        markdown.contains("](1a/loss.svg)"),
+        "links relative to the run"
+    );
+
+    // 2. A rerun reuses every stage and pays for nothing.
+    let paid = paid_attempts(&run);
+    assert!(paid > 0);
+    let stdout = succeeded(&phase1(fresh.path(), &assets.root, &[]));
+    let reused: Vec<(String, String)> = ["1a", "1b", "1c"]
+        .iter()
+        .map(|s| (s.to_string(), "reused".to_string()))
+        .collect();
+    assert_eq!(actions(&stdout), reused, "{stdout}");
+    assert_eq!(paid_attempts(&run), paid);
+
+    // 3. Bad input is named before any work.
+    let output = phase1(fresh.path(), &assets.root, &["--from", "2z"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("2z") && stderr.contains("1a, 1b, 1c"),
+        "{stderr}"
+    );
+    let output = phase1(
+        fresh.path(),
+        &assets.root,
+        &["--set", "model.path=\"assets/no-such-model\""],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no-such-model"), "{stderr}");
+}
