@@ -410,8 +410,6 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
         None => None,
     };
     std::fs::create_dir_all(&config.run_dir).map_err(io_error(&config.run_dir))?;
-    let resolved = toml::to_string_pretty(config).expect("the config serialises");
-    records::jsonl::write_atomic(config.run_dir.join("config.toml"), resolved.as_bytes())?;
     let mut manifest = Manifest::open(&config.run_dir)?;
 
     let mut outcomes = Vec::new();
@@ -541,6 +539,10 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
             }
         }
     }
+    // Written with the report, so it is always the config that produced what the report shows
+    // (a call that fails on its inputs leaves the previous one).
+    let resolved = toml::to_string_pretty(config).expect("the config serialises");
+    records::jsonl::write_atomic(config.run_dir.join("config.toml"), resolved.as_bytes())?;
     let (report_markdown, report_html) =
         report::write(config, &manifest, &outcomes, rounds_run, &stopped_early)?;
     Ok(Phase1Outcome {

@@ -8,9 +8,7 @@ use distillation::report::Phase1cReport;
 use failure_mining::report::Phase1bReport;
 use lora_training::phase::Phase1aReport;
 use pipeline::manifest::Manifest;
-use pipeline::report::{
-    Section, Table, benchmark_table, render_html, render_markdown, write_report_files,
-};
+use pipeline::report::{Section, Table, benchmark_table, write_report_files};
 use records::eval::BenchmarkResult;
 use serde::{Deserialize, Serialize};
 
@@ -172,12 +170,7 @@ pub(crate) fn write(
         stopped_early: stopped_early.clone(),
         patterns,
     };
-    Ok(write_report_files(
-        root,
-        &render_markdown(TITLE, &sections),
-        &render_html(TITLE, &sections),
-        &report,
-    )?)
+    Ok(write_report_files(root, TITLE, &sections, &report)?)
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use benchmarks::BenchmarkResult;
 use llm_client::LedgerCounts;
-use pipeline::report::{Section, Table, escape, render_html, render_markdown, write_report_files};
+use pipeline::report::{Section, Table, escape, write_report_files};
 use records::distill::{Funnel, PatternOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -339,14 +339,6 @@ impl Phase1cReport {
         });
         sections
     }
-
-    pub fn markdown(&self) -> String {
-        render_markdown("Phase 1C: targeted distillation", &self.sections())
-    }
-
-    pub fn html(&self) -> String {
-        render_html("Phase 1C: targeted distillation", &self.sections())
-    }
 }
 
 /// Grouped horizontal bars: each pattern's holdout failure rate before (grey) and after (blue).
@@ -387,8 +379,8 @@ fn before_after_svg(patterns: &[PatternOutcome]) -> String {
 pub fn write_report(dir: &Path, report: &Phase1cReport) -> Result<(PathBuf, PathBuf)> {
     Ok(write_report_files(
         dir,
-        &report.markdown(),
-        &report.html(),
+        "Phase 1C: targeted distillation",
+        &report.sections(),
         report,
     )?)
 }

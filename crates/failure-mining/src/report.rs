@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::patterns::LabelOutcome;
 use crate::phase::{Phase1bConfig, index_items, index_records};
-use pipeline::report::{Section, Table, render_html, render_markdown, write_report_files};
+use pipeline::report::{Section, Table, write_report_files};
 
 /// One family's results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -363,14 +363,6 @@ impl Phase1bReport {
         });
         sections
     }
-
-    pub fn markdown(&self) -> String {
-        render_markdown("Phase 1B: failure patterns", &self.sections())
-    }
-
-    pub fn html(&self) -> String {
-        render_html("Phase 1B: failure patterns", &self.sections())
-    }
 }
 
 fn clip(text: &str, chars: usize) -> String {
@@ -385,8 +377,8 @@ fn clip(text: &str, chars: usize) -> String {
 pub fn write_report(dir: &Path, report: &Phase1bReport) -> Result<(PathBuf, PathBuf)> {
     Ok(write_report_files(
         dir,
-        &report.markdown(),
-        &report.html(),
+        "Phase 1B: failure patterns",
+        &report.sections(),
         report,
     )?)
 }

@@ -30,9 +30,7 @@ use llama::burn::tensor::Device;
 use llama::generate::{GenerationConfig, generate};
 use llama::{ExportOptions, HostDType, Llama, Pretrained};
 use pipeline::ModelSection;
-use pipeline::report::{
-    Section, Table, benchmark_table, render_html, render_markdown, write_report_files,
-};
+use pipeline::report::{Section, Table, benchmark_table, write_report_files};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -632,12 +630,10 @@ impl Phase1aReport {
 
     /// Writes `report.md`, `report.html` and `report.json` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
-        let sections = self.sections();
-        let title = "Phase 1A: LoRA training";
         Ok(write_report_files(
             dir,
-            &render_markdown(title, &sections),
-            &render_html(title, &sections),
+            "Phase 1A: LoRA training",
+            &self.sections(),
             self,
         )?)
     }

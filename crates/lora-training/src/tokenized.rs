@@ -225,14 +225,23 @@ pub fn tokenize_data(
     if let Some(eval_path) = &config.eval {
         // At most `eval_examples` of the eval file: the eval loss runs after training (and on
         // the base model), so its size is a cost a small run should be able to cap.
-        let mut room = config.eval_examples;
+        let (mut room, mut left_out) = (config.eval_examples, 0usize);
         stream_file(eval_path, config, &renderer, |example| {
             if room == 0 {
+                left_out += 1;
                 return Ok(());
             }
             room -= 1;
             eval.push(example)
         })?;
+        if left_out > 0 {
+            tracing::info!(
+                "eval loss on the first {} examples of {}: {left_out} more left out \
+                 (data.eval_examples)",
+                config.eval_examples,
+                eval_path.display()
+            );
+        }
     }
     progress.finish_and_clear();
     if train.audit.examples == 0 {

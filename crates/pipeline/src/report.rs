@@ -155,18 +155,18 @@ pub fn benchmark_table(columns: &[(&str, &[BenchmarkResult])]) -> Table {
     Table { headers, rows }
 }
 
-/// Writes `report.md`, `report.html` and `report.json` (the typed report) into `dir`, each
-/// atomically; returns the Markdown and HTML paths.
+/// Renders `sections` under `title` and writes `report.md`, `report.html` and `report.json`
+/// (the typed report) into `dir`, each atomically; returns the Markdown and HTML paths.
 pub fn write_report_files(
     dir: &Path,
-    markdown: &str,
-    html: &str,
+    title: &str,
+    sections: &[Section],
     report: &impl Serialize,
 ) -> records::Result<(PathBuf, PathBuf)> {
     let markdown_path = dir.join("report.md");
     let html_path = dir.join("report.html");
-    records::jsonl::write_atomic(&markdown_path, markdown.as_bytes())?;
-    records::jsonl::write_atomic(&html_path, html.as_bytes())?;
+    records::jsonl::write_atomic(&markdown_path, render_markdown(title, sections).as_bytes())?;
+    records::jsonl::write_atomic(&html_path, render_html(title, sections).as_bytes())?;
     let mut json = serde_json::to_vec_pretty(report).expect("the report serialises");
     json.push(b'\n');
     records::jsonl::write_atomic(dir.join("report.json"), &json)?;
