@@ -7,6 +7,11 @@ step per batch. Timed after 2 warm-up steps; peak memory from torch.cuda.max_mem
 and max_memory_reserved. Prints one JSON line.
 
     python3 tools/bench/hf_lora.py --seq 2048 --batch 1 --steps 5 [--checkpointing] [--layers N]
+        [--liger] [--compile]
+
+--liger patches the Llama classes with Liger Kernel (`apply_liger_kernel_to_llama`: Triton
+RMSNorm, RoPE, SwiGLU and the fused linear cross-entropy) before the model is built; --compile
+wraps the PEFT model in torch.compile (compiled during the warm-up steps, which are not timed).
 """
 
 import argparse
@@ -26,6 +31,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--liger", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--profile", help="record one step (after warm-up, not timed) as a Chrome trace here")
     args = parser.parse_args()
 
@@ -35,6 +42,9 @@ def main():
         rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
         tie_word_embeddings=False, attn_implementation="sdpa", torch_dtype=torch.bfloat16,
     )
+    if args.liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        apply_liger_kernel_to_llama()
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -47,6 +57,8 @@ def main():
     model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    if args.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq), device="cuda")
     torch.cuda.reset_peak_memory_stats()
@@ -82,6 +94,7 @@ def main():
         "bench": "hf_peft_lora_train_step",
         "layers": args.layers, "seq": args.seq, "batch": args.batch,
         "gradient_checkpointing": args.checkpointing,
+        "liger": args.liger, "compile": args.compile,
         "seconds_per_step": mean,
         "tokens_per_second": args.batch * args.seq / mean,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,

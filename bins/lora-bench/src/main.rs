@@ -67,6 +67,10 @@ struct Args {
     /// LibTorch builds only; summarise with tools/bench/trace_summary.py).
     #[arg(long)]
     torch_profile: Option<std::path::PathBuf>,
+    /// Run the adapters' matmuls in f32 (PEFT's way, and ours before 2026-12-04) instead of the
+    /// model's dtype, for before/after measurements.
+    #[arg(long)]
+    adapter_f32: bool,
 }
 
 fn shape(name: &str) -> Result<LlamaConfig> {
@@ -176,6 +180,11 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     attach_adapters(&mut model, &lora, 0)?;
+    for (layer, kind) in model.adapted_projections() {
+        if let Some(adapter) = model.projection_mut(layer, kind).lora.as_mut() {
+            adapter.f32_compute = args.adapter_f32;
+        }
+    }
     eprintln!("model ready in {:.1}s", loading.elapsed().as_secs_f64());
     // PyTorch's allocator counts only on a CUDA device (select_device refused `cuda` otherwise).
     let on_cuda = args.device.starts_with("cuda");
@@ -262,6 +271,7 @@ fn main() -> Result<()> {
             "gpus": group.world_size(),
             "rank": args.rank,
             "gradient_checkpointing": args.gradient_checkpointing,
+            "adapter_f32": args.adapter_f32,
             "steps": times.len(),
             "seconds_per_step": mean,
             "tokens_per_second": tokens / mean,
