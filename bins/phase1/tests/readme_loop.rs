@@ -102,6 +102,106 @@ fn paid_attempts(run: &Path) -> u64 {
         .sum()
 }
 
+/// Debian's chromium, fetched rootless into the target directory by
+/// tools/chromium/fetch-chromium.sh (about 125 MB once; later runs only check it).
+fn headless_chromium() -> PathBuf {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/chromium/fetch-chromium.sh");
+    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chromium");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The page as the browser lays it out: its screenshot shows drawn charts and text (not a
+/// blank page, and not text lost to missing fonts), and the DOM after scripts names every
+/// cluster and holds every chart.
+fn renders_in_headless_chromium(page: &Path, cluster_names: &[&str]) {
+    let chromium = headless_chromium();
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    // Kept in the target directory for a look after the test.
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("phase1-report.png");
+    // Chromium's stderr is noisy (no D-Bus here) and says nothing the exit code does not.
+    let status = Command::new(&chromium)
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .args(["--window-size=1200,12000", &url])
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success(), "chromium --screenshot: {status}");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&screenshot).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    assert!(
+        channels >= 3,
+        "an RGB screenshot, got {:?}",
+        frame.color_type
+    );
+    let rgb: Vec<&[u8]> = pixels[..frame.buffer_size()]
+        .chunks(channels)
+        .map(|p| &p[..3])
+        .collect();
+    let distinct: std::collections::HashSet<&[u8]> = rgb.iter().copied().collect();
+    let dark = rgb
+        .iter()
+        .filter(|p| p.iter().map(|&v| u32::from(v)).sum::<u32>() < 200)
+        .count();
+    let coloured = rgb
+        .iter()
+        .filter(|p| p.iter().max().unwrap() - p.iter().min().unwrap() > 60)
+        .count();
+    eprintln!(
+        "{}: {} colours, {dark} dark and {coloured} coloured pixels",
+        screenshot.display(),
+        distinct.len()
+    );
+    assert!(
+        distinct.len() > 50,
+        "{} colours: a blank page",
+        distinct.len()
+    );
+    assert!(dark > 2_000, "{dark} dark pixels: the text did not render");
+    assert!(
+        coloured > 2_000,
+        "{coloured} coloured pixels: the charts did not render"
+    );
+
+    let dom = Command::new(&chromium)
+        .args(["--dump-dom", &url])
+        .output()
+        .unwrap();
+    assert!(dom.status.success(), "chromium --dump-dom: {}", dom.status);
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    for name in cluster_names {
+        // How a serialised DOM writes text: only &, < and > escaped.
+        let text = name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(
+            dom.contains(&text),
+            "the rendered page lacks cluster {name}"
+        );
+    }
+    assert!(
+        dom.matches("<svg").count() >= 3,
+        "the charts are in the page"
+    );
+}
+
 fn report_json<T: serde::de::DeserializeOwned>(dir: PathBuf) -> T {
     serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
 }
@@ -191,6 +291,11 @@ fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
         markdown.contains("](1a/loss.svg)"),
         "links relative to the run"
     );
+    let cluster_names: Vec<&str> = clusters
+        .iter()
+        .map(|c| c.label.as_ref().unwrap().name.as_str())
+        .collect();
+    renders_in_headless_chromium(&run.join("report.html"), &cluster_names);
 
     // 2. A rerun reuses every stage and pays for nothing.
     let paid = paid_attempts(&run);
@@ -203,7 +308,34 @@ fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
     assert_eq!(actions(&stdout), reused, "{stdout}");
     assert_eq!(paid_attempts(&run), paid);
 
-    // 3. Bad input is named before any work.
+    // 3. A second round continues from the first: round 1's stages are reused, and round 2
+    // either runs or, since two optimiser steps improve no pattern's holdout CI, is skipped by
+    // the early stop, which the report states.
+    let stdout = succeeded(&phase1(fresh.path(), &assets.root, &["--rounds", "2"]));
+    let actions = actions(&stdout);
+    assert_eq!(actions[..3], reused[..], "{stdout}");
+    let report: closed_loop::Phase1Report = report_json(run.clone());
+    let round2: Vec<&str> = actions[3..].iter().map(|(_, a)| a.as_str()).collect();
+    let names: Vec<&str> = actions[3..].iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["1b-r2", "1c-r2"], "{stdout}");
+    match report.stopped_early.as_deref() {
+        Some(reason) => {
+            assert!(reason.starts_with("after round 1:"), "{reason}");
+            assert_eq!(round2, ["skipped", "skipped"], "{stdout}");
+            assert_eq!(report.rounds_run, 1);
+            assert!(
+                std::fs::read_to_string(run.join("report.md"))
+                    .unwrap()
+                    .contains(reason)
+            );
+        }
+        None => {
+            assert_eq!(round2, ["ran", "ran"], "{stdout}");
+            assert_eq!(report.rounds_run, 2);
+        }
+    }
+
+    // 4. Bad input is named before any work.
     let output = phase1(fresh.path(), &assets.root, &["--from", "2z"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());

@@ -525,17 +525,8 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
         if stage.phase == Phase::Distill {
             rounds_run = stage.round;
             let report: distillation::report::Phase1cReport = report::read_json(&dir)?;
-            let improved = report
-                .patterns
-                .iter()
-                .filter(|p| p.targeted && p.difference_ci95[1] < 0.0)
-                .count();
-            if improved == 0 && stage.round < config.rounds {
-                stopped_early = Some(format!(
-                    "after round {}: no targeted pattern improved on the holdout (95% CI of the \
-                     failure-rate change below zero)",
-                    stage.round
-                ));
+            if stage.round < config.rounds {
+                stopped_early = early_stop(&report.patterns, stage.round);
             }
         }
     }
@@ -552,6 +543,22 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
         stopped_early,
         report_markdown,
         report_html,
+    })
+}
+
+/// Why the loop stops after `round`, if it does: no pattern that round targeted improved on the
+/// holdout, i.e. none has the 95% CI of its failure-rate change entirely below zero. A round that
+/// moved nothing would only spend a teacher's budget on the same patterns again.
+fn early_stop(patterns: &[records::distill::PatternOutcome], round: usize) -> Option<String> {
+    let improved = patterns
+        .iter()
+        .filter(|p| p.targeted && p.difference_ci95[1] < 0.0)
+        .count();
+    (improved == 0).then(|| {
+        format!(
+            "after round {round}: no targeted pattern improved on the holdout (95% CI of the \
+             failure-rate change below zero)"
+        )
     })
 }
 
@@ -803,6 +810,33 @@ mod tests {
         assert_eq!(
             action(stage(&mut manifest, "c", &plain, false, false)),
             "reused"
+        );
+    }
+
+    #[test]
+    fn the_loop_stops_early_only_when_no_targeted_pattern_improved() {
+        let pattern = |targeted: bool, high: f64| records::distill::PatternOutcome {
+            cluster: Some(0),
+            label: "p".into(),
+            targeted,
+            items: 10,
+            failure_rate_before: 0.5,
+            failure_rate_after: 0.3,
+            fixed: 2,
+            broken: 0,
+            mcnemar_p: 0.5,
+            difference_ci95: [-0.4, high],
+        };
+        // A CI that reaches zero is no improvement; an untargeted pattern's is not ours.
+        let stop = early_stop(&[pattern(true, 0.0), pattern(false, -0.1)], 1).unwrap();
+        assert!(stop.starts_with("after round 1:"), "{stop}");
+        assert!(
+            early_stop(&[], 2).is_some(),
+            "nothing targeted, nothing improved"
+        );
+        assert_eq!(
+            early_stop(&[pattern(true, 0.1), pattern(true, -0.01)], 1),
+            None
         );
     }
 

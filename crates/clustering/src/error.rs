@@ -59,6 +59,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Records(#[from] records::Error),
+    #[error(transparent)]
+    Chart(#[from] charts::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -109,7 +109,7 @@ pub fn write_report(dir: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> 
         html: dir.join("report.html"),
         svg: dir.join(MAP_FILE),
     };
-    let svg = render_svg(input.map, input.clusters);
+    let svg = render_svg(input.map, input.clusters)?;
     write_atomic(&files.svg, svg.as_bytes())?;
     write_atomic(&files.markdown, render_markdown(input).as_bytes())?;
     write_atomic(&files.html, render_html(input, &svg).as_bytes())?;
@@ -139,14 +139,6 @@ fn markdown_cell(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .replace('|', "\\|")
-}
-
-fn short(text: &str, max_chars: usize) -> String {
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match collapsed.char_indices().nth(max_chars) {
-        None => collapsed,
-        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
-    }
 }
 
 /// A column of a [`Table`].
@@ -321,7 +313,7 @@ fn cluster_table(clusters: &[ClusterRecord]) -> Table {
                     Cell::Text(record.id.to_string()),
                     Cell::Cluster {
                         name: cluster_name(record),
-                        colour: colour(record.id),
+                        colour: charts::css_colour(record.id),
                         labelled_by: record.label.as_ref().map(|l| l.labelled_by.clone()),
                     },
                     Cell::Text(record.size.to_string()),
@@ -339,7 +331,13 @@ fn cluster_table(clusters: &[ClusterRecord]) -> Table {
                         record
                             .representatives
                             .iter()
-                            .map(|m| (m.id.clone(), f64::from(m.distance), short(&m.text, 200)))
+                            .map(|m| {
+                                (
+                                    m.id.clone(),
+                                    f64::from(m.distance),
+                                    charts::shorten(&m.text, 200),
+                                )
+                            })
                             .collect(),
                     ),
                 ]
@@ -417,7 +415,7 @@ pub fn render_markdown(input: &ReportInput<'_>) -> String {
                 "- `{}` (distance {:.3}): {}",
                 member.id.replace('`', "'"),
                 member.distance,
-                markdown_cell(&short(&member.text, 300))
+                markdown_cell(&charts::shorten(&member.text, 300))
             );
         }
         out.push('\n');
@@ -440,86 +438,40 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-/// A colour per cluster: evenly spaced hues (golden-angle), fixed saturation and lightness.
-fn colour(cluster: usize) -> String {
-    let hue = (cluster as f64 * 137.508) % 360.0;
-    format!("hsl({hue:.0},65%,45%)")
-}
-
-/// The map as a standalone SVG document.
-pub fn render_svg(map: &ClusterMap, clusters: &[ClusterRecord]) -> String {
-    const WIDTH: f64 = 720.0;
-    const HEIGHT: f64 = 540.0;
-    const MARGIN: f64 = 40.0;
-    let xs = map
-        .points
+/// The map as a standalone SVG document: one dot per item coloured by cluster, each centroid
+/// named.
+pub fn render_svg(map: &ClusterMap, clusters: &[ClusterRecord]) -> Result<String> {
+    let centres: Vec<charts::MapCentre> = map
+        .centroids
         .iter()
-        .map(|p| p.0)
-        .chain(map.centroids.iter().map(|c| c.0));
-    let ys = map
-        .points
-        .iter()
-        .map(|p| p.1)
-        .chain(map.centroids.iter().map(|c| c.1));
-    let (min_x, max_x) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let (min_y, max_y) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let span_x = if max_x > min_x { max_x - min_x } else { 1.0 };
-    let span_y = if max_y > min_y { max_y - min_y } else { 1.0 };
-    let to_x = |x: f64| MARGIN + (x - min_x) / span_x * (WIDTH - 2.0 * MARGIN);
-    let to_y = |y: f64| HEIGHT - MARGIN - (y - min_y) / span_y * (HEIGHT - 2.0 * MARGIN);
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
-    let _ = writeln!(
-        svg,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">PC1 ({:.1}% of variance)</text>"##,
-        WIDTH / 2.0,
-        HEIGHT - 10.0,
+        .enumerate()
+        .map(|(cluster, &position)| {
+            let name = clusters
+                .iter()
+                .find(|r| r.id == cluster)
+                .map(cluster_name)
+                .unwrap_or_else(|| format!("cluster {cluster}"));
+            charts::MapCentre {
+                position,
+                cluster,
+                name: format!("{cluster}: {}", charts::shorten(&name, 29)),
+            }
+        })
+        .collect();
+    let x = format!(
+        "PC1 ({:.1}% of variance)",
         map.explained_variance_ratio[0] * 100.0
     );
-    let _ = writeln!(
-        svg,
-        r##"<text x="14" y="{}" text-anchor="middle" fill="#444" transform="rotate(-90 14 {})">PC2 ({:.1}% of variance)</text>"##,
-        HEIGHT / 2.0,
-        HEIGHT / 2.0,
+    let y = format!(
+        "PC2 ({:.1}% of variance)",
         map.explained_variance_ratio[1] * 100.0
     );
-    for &(x, y, cluster) in &map.points {
-        let _ = writeln!(
-            svg,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{}" fill-opacity="0.55"/>"#,
-            to_x(x),
-            to_y(y),
-            colour(cluster)
-        );
-    }
-    for (cluster, &(x, y)) in map.centroids.iter().enumerate() {
-        let name = clusters
-            .iter()
-            .find(|r| r.id == cluster)
-            .map(cluster_name)
-            .unwrap_or_else(|| format!("cluster {cluster}"));
-        let _ = writeln!(
-            svg,
-            r##"<g><title>{}</title><circle cx="{:.1}" cy="{:.1}" r="7" fill="{}" stroke="#000" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="#000">{}</text></g>"##,
-            escape_html(&name),
-            to_x(x),
-            to_y(y),
-            colour(cluster),
-            to_x(x) + 9.0,
-            to_y(y) + 4.0,
-            escape_html(&format!("{cluster}: {}", short(&name, 28)))
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    let axes = charts::Axes {
+        caption: "Clusters on the first two principal components",
+        x: &x,
+        y: &y,
+    };
+    Ok(charts::cluster_map(axes, &map.points, &centres)?)
 }
 
 /// The report as one self-contained HTML page (the SVG map inline).

@@ -276,8 +276,8 @@ fn analysis_writes_records_and_report() {
     assert!(html.contains("<svg") && html.contains("</svg>"));
     assert_eq!(
         html.matches("<circle").count(),
-        120 + 3,
-        "all points and centroids plotted"
+        120 + 2 * 3,
+        "all points, and each centroid filled and outlined"
     );
     let svg = std::fs::read_to_string(&files.report.svg).unwrap();
     assert!(svg.starts_with("<svg"));

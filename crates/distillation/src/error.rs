@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Records(#[from] records::Error),
     #[error(transparent)]
+    Chart(#[from] charts::Error),
+    #[error(transparent)]
     Client(#[from] llm_client::Error),
     #[error(transparent)]
     FailureMining(#[from] failure_mining::Error),

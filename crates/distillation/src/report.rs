@@ -187,7 +187,9 @@ impl Phase1cReport {
                     .collect(),
             }),
             markdown_extra: String::new(),
-            html_extra: before_after_svg(&self.patterns),
+            // A chart that cannot be drawn says so in the page rather than failing the report.
+            html_extra: before_after_svg(&self.patterns)
+                .unwrap_or_else(|e| format!("<p>{}</p>", escape(&e.to_string()))),
         });
 
         if !self.after.is_empty() {
@@ -341,39 +343,30 @@ impl Phase1cReport {
     }
 }
 
-/// Grouped horizontal bars: each pattern's holdout failure rate before (grey) and after (blue).
-fn before_after_svg(patterns: &[PatternOutcome]) -> String {
-    let row = 34.0;
-    let (left, width) = (260.0, 420.0);
-    let height = 30.0 + row * patterns.len() as f64;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" \
-         viewBox=\"0 0 {w} {height}\" font-size=\"12\" font-family=\"sans-serif\">\
-         <text x=\"{left}\" y=\"14\">holdout failure rate: before (grey), after (blue)</text>",
-        w = left + width + 60.0
-    );
-    for (i, p) in patterns.iter().enumerate() {
-        let y = 24.0 + row * i as f64;
-        let label: String = p.label.chars().take(38).collect();
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
-             <rect x=\"{left}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#aaa\"/>\
-             <rect x=\"{left}\" y=\"{}\" width=\"{:.1}\" height=\"12\" fill=\"#1f77b4\"/>\
-             <text x=\"{:.1}\" y=\"{}\">{:.2} → {:.2}</text>",
-            left - 6.0,
-            y + 16.0,
-            escape(&label),
-            width * p.failure_rate_before,
-            y + 13.0,
-            width * p.failure_rate_after,
-            left + width * p.failure_rate_before.max(p.failure_rate_after) + 4.0,
-            y + 16.0,
-            p.failure_rate_before,
-            p.failure_rate_after
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
+/// Each pattern's holdout failure rate before (grey) and after (blue), targeted patterns first.
+fn before_after_svg(patterns: &[PatternOutcome]) -> Result<String> {
+    let rows: Vec<charts::BarPair> = patterns
+        .iter()
+        .map(|p| charts::BarPair {
+            label: format!(
+                "{}{}",
+                p.label,
+                if p.targeted { "" } else { " (not targeted)" }
+            ),
+            before: p.failure_rate_before,
+            after: p.failure_rate_after,
+        })
+        .collect();
+    let axes = charts::Axes {
+        caption: "Holdout failure rate per pattern",
+        x: "failure rate on holdout items no teacher saw",
+        y: "",
+    };
+    Ok(charts::paired_bars(
+        axes,
+        ["before phase 1C", "after"],
+        &rows,
+    )?)
 }
 
 pub fn write_report(dir: &Path, report: &Phase1cReport) -> Result<(PathBuf, PathBuf)> {

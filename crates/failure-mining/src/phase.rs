@@ -275,7 +275,7 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
             Ok((patterns, membership, labels))
         })?;
         let map_svg =
-            clustering::report::render_svg(&patterns.analysis.map, &patterns.analysis.clusters);
+            clustering::report::render_svg(&patterns.analysis.map, &patterns.analysis.clusters)?;
         write_jsonl_atomic(run_dir.join("failures.jsonl"), &patterns.failures)?;
         write_jsonl_atomic(run_dir.join("clusters.jsonl"), &patterns.analysis.clusters)?;
         write_jsonl_atomic(

@@ -294,7 +294,7 @@ mod tests {
 
     use super::*;
     use crate::generate::left_padded;
-    use crate::model::tests::{max_abs_diff, tiny_model, to_vec};
+    use crate::model::tests::{assert_gradients_close, max_abs_diff, tiny_model, to_vec};
 
     fn random(shape: [usize; 2], seed: u64, device: &Device) -> Tensor<2> {
         device.seed(seed);
@@ -445,15 +445,7 @@ mod tests {
             "loss {loss} against {loss_f32}"
         );
         assert_eq!(grads.len(), 28);
-        for (index, (ours, reference)) in grads.iter().zip(&grads_f32).enumerate() {
-            let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(scale > 1e-3, "factor {index} has a gradient");
-            let diff = max_abs_diff(ours, reference);
-            assert!(
-                diff <= 1e-5 * scale,
-                "factor {index}: {diff} against {scale}"
-            );
-        }
+        assert_gradients_close(&grads, &grads_f32, 1e-5);
     }
 
     /// With bf16 activations the adapter's matmuls run in bf16 and the factor gradients come

@@ -521,6 +521,26 @@ pub(crate) mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// Each of `ours` (one gradient per factor) within `tolerance` × the largest magnitude of the
+    /// matching `reference` gradient, and no reference gradient (near) zero, which would make the
+    /// comparison vacuous.
+    pub(crate) fn assert_gradients_close(
+        ours: &[Vec<f32>],
+        reference: &[Vec<f32>],
+        tolerance: f32,
+    ) {
+        assert_eq!(ours.len(), reference.len(), "one gradient per factor");
+        for (index, (ours, reference)) in ours.iter().zip(reference).enumerate() {
+            let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 1e-3, "factor {index} has a gradient");
+            let diff = max_abs_diff(ours, reference);
+            assert!(
+                diff <= tolerance * scale,
+                "factor {index}: {diff} against {scale}"
+            );
+        }
+    }
+
     fn single_logits(model: &Llama, prompt: &[u32], device: &Device) -> Vec<f32> {
         let (tokens, mask) = left_padded(&[prompt], device);
         to_vec(model.forward(tokens, mask, None))

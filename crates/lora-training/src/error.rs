@@ -35,6 +35,8 @@ pub enum Error {
     Model(#[from] llama::Error),
     #[error(transparent)]
     Records(#[from] records::Error),
+    #[error(transparent)]
+    Chart(#[from] charts::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
