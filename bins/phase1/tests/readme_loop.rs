@@ -209,11 +209,9 @@ fn report_json<T: serde::de::DeserializeOwned>(dir: PathBuf) -> T {
 #[test]
 fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
     let assets = assets::AssetPaths::locate();
-    assets
-        .require(&assets.smollm2_dir().join("config.json"))
+    let fresh = assets
+        .fresh_checkout()
         .expect("SmolLM2 assets missing: run `cargo xtask assets`");
-    let fresh = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&assets.root, fresh.path().join("assets")).unwrap();
     let run = fresh.path().join("runs/phase1");
 
     // 1. The whole loop from nothing.

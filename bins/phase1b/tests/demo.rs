@@ -12,11 +12,9 @@ use records::mining::{FailureRecord, HoldoutMembership, Split, TestItem};
 #[test]
 fn the_embedded_demo_mines_clusters_and_names_failures() {
     let assets = assets::AssetPaths::locate();
-    assets
-        .require(&assets.smollm2_dir().join("config.json"))
+    let fresh = assets
+        .fresh_checkout()
         .expect("SmolLM2 assets missing: run `cargo xtask assets`");
-    let fresh = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&assets.root, fresh.path().join("assets")).unwrap();
     let serve = std::path::Path::new(env!("CARGO_BIN_EXE_phase1b"))
         .parent()
         .unwrap()

@@ -9,11 +9,9 @@ use records::eval::{BenchmarkResult, EvalRecord};
 #[test]
 fn validate_writes_records_and_results_in_a_fresh_directory() {
     let assets = assets::AssetPaths::locate();
-    assets
-        .require(&assets.smollm2_dir().join("config.json"))
+    let fresh = assets
+        .fresh_checkout()
         .expect("SmolLM2 assets missing: run `cargo xtask assets`");
-    let fresh = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&assets.root, fresh.path().join("assets")).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_validate"))
         .args([
             "assets/smollm2-135m-instruct",

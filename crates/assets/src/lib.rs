@@ -188,6 +188,17 @@ impl AssetPaths {
         Ok(write_atomic(self.stamp(output), key.as_bytes())?)
     }
 
+    /// A new empty directory that stands for a fresh checkout with the assets fetched: its
+    /// `assets/` links to these assets, and nothing else is there (no `runs/`). For tests of the
+    /// README's commands; [`Error::Missing`] if the SmolLM2 model has not been fetched.
+    pub fn fresh_checkout(&self) -> Result<tempfile::TempDir> {
+        self.require(&self.smollm2_dir().join("config.json"))?;
+        let dir = tempfile::tempdir().map_err(io_error(&std::env::temp_dir()))?;
+        let link = dir.path().join("assets");
+        std::os::unix::fs::symlink(&self.root, &link).map_err(io_error(&link))?;
+        Ok(dir)
+    }
+
     /// `path` if it exists, else [`Error::Missing`] telling the user how to get it.
     pub fn require(&self, path: &Path) -> Result<PathBuf> {
         if path.exists() {

@@ -194,8 +194,16 @@ pub struct MixSection {
     pub teacher_fraction: f64,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Original examples trained on when no teacher example passed the gate, so that the rest of
+    /// the phase (training, validation, the holdout comparison) still runs and reports; the
+    /// report says the mix held no teacher data.
+    #[serde(default = "default_originals_without_teacher")]
+    pub originals_without_teacher: usize,
 }
 
+fn default_originals_without_teacher() -> usize {
+    64
+}
 fn default_teacher_fraction() -> f64 {
     0.9
 }

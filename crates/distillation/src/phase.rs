@@ -1081,7 +1081,8 @@ fn user_text(messages: &[ChatMessage]) -> String {
 }
 
 /// Teacher examples plus original ones so that teacher examples are `teacher_fraction` of the
-/// whole (rounded to the nearest example), originals picked by a seeded hash order; and up to
+/// whole (rounded to the nearest example; `originals_without_teacher` originals when there is no
+/// teacher example), originals picked by a seeded hash order; and up to
 /// `eval` further originals, not in the mix, for the held-out loss (every teacher example is
 /// trained on).
 pub fn mix_examples(
@@ -1092,7 +1093,7 @@ pub fn mix_examples(
 ) -> (Vec<TrainingExample>, Vec<TrainingExample>) {
     let fraction = config.mix.teacher_fraction;
     let wanted = if teacher.is_empty() {
-        original.len().min(64)
+        original.len().min(config.mix.originals_without_teacher)
     } else {
         ((teacher.len() as f64 * (1.0 - fraction) / fraction).round() as usize).min(original.len())
     };
@@ -1260,5 +1261,68 @@ mod tests {
         assert_eq!(parse_targeted(bare), vec![("Q".into(), "R".into(), None)]);
         assert!(parse_targeted("{\"examples\": [{\"instruction\": ...").is_empty());
         assert!(parse_targeted("no json here").is_empty());
+    }
+
+    fn original(i: usize) -> TrainingExample {
+        TrainingExample {
+            messages: vec![
+                ChatMessage {
+                    role: "user".into(),
+                    content: format!("original question {i}"),
+                },
+                ChatMessage {
+                    role: "assistant".into(),
+                    content: format!("answer {i}"),
+                },
+            ],
+            origin: "original".into(),
+            example: None,
+            judge_score: None,
+        }
+    }
+
+    fn teacher(i: usize) -> (TeacherExample, f32) {
+        let example = TeacherExample {
+            id: format!("tc-{i}"),
+            cluster: i % 3,
+            strategy: records::distill::Strategy::Targeted,
+            instruction: format!("teacher question {i}"),
+            response: format!("worked answer {i}"),
+            answer: None,
+            seed_item_ids: vec![format!("seed-{i}")],
+            teacher_model: "teacher".into(),
+            template_sha256: "t".into(),
+            request_hash: format!("r{i}"),
+        };
+        (example, 9.0)
+    }
+
+    /// 18 teacher examples at 90% take 2 originals; none take `originals_without_teacher`; the
+    /// held-out originals are never in the mix; every teacher example keeps its provenance and
+    /// score; the same seed gives the same mix.
+    #[test]
+    fn the_mix_has_the_configured_shares_and_keeps_provenance() {
+        let mut config =
+            Phase1cConfig::parse_with_overrides(crate::config::DEFAULT_CONFIG, "x", &[]).unwrap();
+        config.mix.originals_without_teacher = 5;
+        let originals: Vec<TrainingExample> = (0..40).map(original).collect();
+        let teachers: Vec<(TeacherExample, f32)> = (0..18).map(teacher).collect();
+
+        let (mix, held_out) = mix_examples(&config, &teachers, &originals, 4);
+        let count = |origin: &str| mix.iter().filter(|e| e.origin == origin).count();
+        assert_eq!((count("teacher"), count("original")), (18, 2));
+        assert_eq!(held_out.len(), 4);
+        assert!(held_out.iter().all(|h| !mix.contains(h)), "held-out apart");
+        assert!(mix.iter().filter(|e| e.origin == "teacher").all(|e| {
+            e.judge_score == Some(9.0)
+                && e.example
+                    .as_ref()
+                    .is_some_and(|x| !x.seed_item_ids.is_empty())
+        }));
+        assert_eq!(mix_examples(&config, &teachers, &originals, 4).0, mix);
+
+        let (alone, _) = mix_examples(&config, &[], &originals, 4);
+        assert_eq!(alone.len(), 5);
+        assert!(alone.iter().all(|e| e.origin == "original"));
     }
 }
