@@ -11,6 +11,7 @@ llama_bench's format so tools/bench/cpu_infer_compare.sh parses both the same wa
 """
 
 import argparse
+import inspect
 import time
 
 import torch
@@ -19,7 +20,8 @@ from transformers import AutoModelForCausalLM
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="HF directory (or, with --random, its config.json's folder)")
+    parser.add_argument("--random", action="store_true", help="seeded random weights at the config's shape")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=32)
@@ -28,7 +30,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    if args.random:
+        from transformers import AutoConfig
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model.eval()
     print(f"load: {time.perf_counter() - started:.2f}s")
     vocab = model.config.vocab_size
@@ -37,13 +46,19 @@ def main() -> None:
         [(i * 7919 + 13) % vocab for i in range(batch * prompt)], dtype=torch.long
     ).reshape(batch, prompt)
 
+    # transformers 5.24 renamed `past_key_values` to `cache` (older 5.x has only the former).
+    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def cache_of(out):
+        return getattr(out, "cache", None) or out.past_key_values
+
     with torch.inference_mode():
         # Warm-up on a short input, as llama_bench does.
         model(ids[:, : min(prompt, 8)], use_cache=True, logits_to_keep=1)
 
         started = time.perf_counter()
         out = model(ids, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        cache = cache_of(out)
         next_ids = out.logits[:, -1, :].argmax(-1, keepdim=True)
         prefill = time.perf_counter() - started
         print(
@@ -53,8 +68,8 @@ def main() -> None:
 
         started = time.perf_counter()
         for _ in range(decode):
-            out = model(next_ids, cache=cache, use_cache=True)
-            cache = out.cache
+            out = model(next_ids, **{cache_kwarg: cache}, use_cache=True)
+            cache = cache_of(out)
             next_ids = out.logits[:, -1, :].argmax(-1, keepdim=True)
         elapsed = time.perf_counter() - started
         print(

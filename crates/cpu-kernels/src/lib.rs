@@ -207,21 +207,22 @@ fn flat(lines: &[Line]) -> &[f32] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
 }
 
-/// Rows of `a` above which [`matmul`] splits the rows across threads and packs the weight
-/// panels (each thread reads all of `b` once per depth block and reuses it for many rows);
-/// at or below it, the columns are split and `b` is read in place, once: a decode step's
-/// product is bound by reading the weights, and both cores then stream half of them each.
+/// Rows of `a` above which [`matmul`] splits the rows across threads (each thread reads all
+/// of `b` once per depth block and reuses it for many rows); at or below it the columns are
+/// split: a decode step's product is bound by reading the weights, and both cores then
+/// stream half of them each.
 const SPLIT_ROWS: usize = 32;
-/// Rows per block when [`matmul`] splits columns and packs: more rows than this re-read each
-/// panel slice often enough that packing it (contiguous lines, no cache-set conflicts) pays.
-const PACK_ROWS: usize = 2 * MR;
-/// Rows per block of [`matmul`]'s row-split path: a `MC × KC` block of `a` (180 KiB) stays
-/// in L2 while the panels pass over it.
+/// Rows per block: a `MC × KC` block of `a` (180 KiB) stays in L2 while the panels pass
+/// over it.
 const MC: usize = 20 * MR;
+/// Panels packed at a time: `KC × 8 · NR` values (192 KiB) stay in L2 while the rows pass.
+const GROUP: usize = 8;
 
 /// `out[rows, n] = a[rows, k] · b[k, n]`, all row-major, `k = b.len() / n`, on rayon's
 /// threads. `b` is used as it is stored (a model's `[in, out]` weight): no packed copy to keep
-/// in step with the weights.
+/// in step with the weights; each call copies the panels it needs, reading `b` row by row
+/// (sequential memory, which the prefetcher follows; a 16-column panel read straight from a
+/// row-major matrix is one cache line per row, a new page every row or two).
 pub fn matmul(a: &[f32], b: &[f32], n: usize, out: &mut [f32]) {
     matmul_with(Kernel::detect(), a, b, n, out);
 }
@@ -244,25 +245,13 @@ fn matmul_with(kernel: Kernel, a: &[f32], b: &[f32], n: usize, out: &mut [f32]) 
             .zip(a.par_chunks(chunk * k))
             .for_each_init(Vec::new, |lines, (out, a)| {
                 let rows = a.len() / k;
-                matmul_panels(kernel, a, rows, b, n, 0..panels, true, lines, out, n);
+                matmul_panels(kernel, a, rows, b, n, 0..panels, lines, out, n);
             });
         return;
     }
     let tasks = threads.min(panels);
-    let pack = rows > PACK_ROWS;
     if tasks == 1 {
-        matmul_panels(
-            kernel,
-            a,
-            rows,
-            b,
-            n,
-            0..panels,
-            pack,
-            &mut Vec::new(),
-            out,
-            n,
-        );
+        matmul_panels(kernel, a, rows, b, n, 0..panels, &mut Vec::new(), out, n);
         return;
     }
     // Each task writes its own columns into its own buffer; at these few rows the copy into
@@ -281,7 +270,6 @@ fn matmul_with(kernel: Kernel, a: &[f32], b: &[f32], n: usize, out: &mut [f32]) 
                 b,
                 n,
                 range,
-                pack,
                 &mut Vec::new(),
                 &mut part,
                 width,
@@ -297,9 +285,8 @@ fn matmul_with(kernel: Kernel, a: &[f32], b: &[f32], n: usize, out: &mut [f32]) 
 }
 
 /// The columns of `panels` (panel `p` = columns `p·NR ..`) of `a[rows, k] · b[k, n]` into `c`
-/// (column `p·NR` of the product at `c`'s column `(p − panels.start)·NR`, row stride `ldc`).
-/// With `pack`, each depth block of the panels is first copied into `lines`; a last panel
-/// narrower than NR is always copied (the microkernel reads NR columns).
+/// (column `p·NR` of the product at `c`'s column `(p − panels.start)·NR`, row stride `ldc`),
+/// packing GROUP panels of one depth block at a time into `lines`.
 #[allow(clippy::too_many_arguments)]
 fn matmul_panels(
     kernel: Kernel,
@@ -308,58 +295,50 @@ fn matmul_panels(
     b: &[f32],
     n: usize,
     panels: std::ops::Range<usize>,
-    pack: bool,
     lines: &mut Vec<Line>,
     c: &mut [f32],
     ldc: usize,
 ) {
     let k = b.len() / n;
-    let count = panels.len();
     for depth in (0..k).step_by(KC) {
         let kc = KC.min(k - depth);
-        if pack || !n.is_multiple_of(NR) {
-            lines.clear();
-            lines.resize(count * kc, Line([0.0; NR]));
-            for (index, panel) in panels.clone().enumerate() {
-                let column = panel * NR;
-                let cols = NR.min(n - column);
-                if !pack && cols == NR {
-                    continue;
-                }
-                for d in 0..kc {
-                    let from = &b[(depth + d) * n + column..][..cols];
-                    lines[index * kc + d].0[..cols].copy_from_slice(from);
-                }
-            }
-        }
         let start = if depth == 0 {
             Start::Zero
         } else {
             Start::Accumulate
         };
-        for first_row in (0..rows).step_by(if pack { MC } else { rows }) {
-            let last_row = rows.min(first_row + if pack { MC } else { rows });
-            for (index, panel) in panels.clone().enumerate() {
-                let column = panel * NR;
-                let cols = NR.min(n - column);
-                let (rhs, ldb) = if pack || cols < NR {
-                    (flat(&lines[index * kc..(index + 1) * kc]), NR)
-                } else {
-                    (&b[depth * n + column..], n)
-                };
-                for row in (first_row..last_row).step_by(MR) {
-                    kernel.run(Tile {
-                        a: &a[row * k + depth..],
-                        lda: k,
-                        b: rhs,
-                        ldb,
-                        depth: kc,
-                        c: &mut c[row * ldc + index * NR..],
-                        ldc,
-                        rows: MR.min(last_row - row),
-                        cols,
-                        start,
-                    });
+        for group_start in panels.clone().step_by(GROUP) {
+            let group = group_start..panels.end.min(group_start + GROUP);
+            let first_column = group.start * NR;
+            let width = (group.end * NR).min(n) - first_column;
+            lines.clear();
+            lines.resize(group.len() * kc, Line([0.0; NR]));
+            for d in 0..kc {
+                let row = &b[(depth + d) * n + first_column..][..width];
+                for (index, values) in row.chunks(NR).enumerate() {
+                    lines[index * kc + d].0[..values.len()].copy_from_slice(values);
+                }
+            }
+            for first_row in (0..rows).step_by(MC) {
+                let last_row = rows.min(first_row + MC);
+                for (index, panel) in group.clone().enumerate() {
+                    let cols = NR.min(n - panel * NR);
+                    let rhs = flat(&lines[index * kc..(index + 1) * kc]);
+                    let column = (panel - panels.start) * NR;
+                    for row in (first_row..last_row).step_by(MR) {
+                        kernel.run(Tile {
+                            a: &a[row * k + depth..],
+                            lda: k,
+                            b: rhs,
+                            ldb: NR,
+                            depth: kc,
+                            c: &mut c[row * ldc + column..],
+                            ldc,
+                            rows: MR.min(last_row - row),
+                            cols,
+                            start,
+                        });
+                    }
                 }
             }
         }
@@ -556,12 +535,15 @@ mod avx2 {
 macro_rules! vectorised {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn wide($($arg: $ty),*) {
                     body($($arg),*)
                 }
