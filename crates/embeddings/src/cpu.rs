@@ -1,6 +1,6 @@
 //! The encoder on the CPU without burn: the same BERT as [`crate::Bert`] (post-LayerNorm,
 //! exact GELU, absolute positions), on host `f32` buffers with the kernels of
-//! [`crate::kernels`].
+//! [`cpu_kernels`].
 //!
 //! A batch runs packed: the sequences' tokens are concatenated, so the four projections of each
 //! layer are single GEMMs over every real token and no padding is ever computed; attention runs
@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use crate::Result;
 use crate::config::BertConfig;
-use crate::kernels::{self, MR, PackedLinear};
 use crate::weights::Weights;
+use cpu_kernels::{self as kernels, MR, PackedLinear};
 
 #[derive(Debug)]
 struct Norm {

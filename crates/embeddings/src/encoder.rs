@@ -8,10 +8,10 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::BertConfig;
 use crate::cpu::CpuBert;
-use crate::kernels::Kernel;
 use crate::model::{Bert, mean_pool_normalize, read_f32};
 use crate::weights::Weights;
 use crate::{Error, Result};
+use cpu_kernels::Kernel;
 
 /// Token limit per text, `[CLS]` and `[SEP]` included.
 ///

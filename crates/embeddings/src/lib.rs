@@ -19,7 +19,6 @@ mod error;
 pub mod config;
 mod cpu;
 pub mod encoder;
-mod kernels;
 pub mod model;
 pub mod weights;
 

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! cargo run --release -p llama --example llama_bench -- [--model DIR | --random tiny|smollm2|llama31-8b]
-//!     [--batch 1] [--prompt 128] [--decode 32] [--device flex|cuda] [--bf16]
+//!     [--batch 1] [--prompt 128] [--decode 32] [--device flex|cuda] [--bf16] [--burn]
 //! ```
+//! `--burn` runs burn's ops on the CPU instead of the host kernels (the path before them).
 //! `--device cuda` needs the `tch` feature. Random weights use the named architecture's shape.
 
 use std::time::Instant;
@@ -42,7 +43,7 @@ fn main() {
     }
 
     let started = Instant::now();
-    let model = match (value("--model"), value("--random")) {
+    let mut model = match (value("--model"), value("--random")) {
         (Some(dir), _) => {
             let dir = std::path::PathBuf::from(dir);
             let config = LlamaConfig::from_file(&dir.join("config.json")).expect("config.json");
@@ -59,6 +60,7 @@ fn main() {
             Llama::random(&config, 0, &device).expect("random init")
         }
     };
+    model.host_kernels = !args.iter().any(|a| a == "--burn");
     device.sync().expect("sync");
     println!("load: {:.2}s", started.elapsed().as_secs_f64());
     let vocab = model.config().vocab_size as i64;

@@ -38,7 +38,7 @@ pub(crate) struct FixedDecoder {
 
 #[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
 impl FixedDecoder {
-    /// Takes over a prefilled cache made with [`KvCache::with_capacity`]: `prompt_mask`
+    /// Takes over a prefilled cache made with `KvCache::on_device_with_capacity`: `prompt_mask`
     /// (`[B, W]`, 1 = real token) is what was prefilled, `first` (`[B, 1]`) the tokens chosen
     /// from the prefill's last position.
     pub(crate) fn new(

@@ -560,10 +560,10 @@ fn generate_batch_fixed(
     #[cfg(feature = "tch")]
     let mut cache = match kept.as_mut() {
         Some(kept) => kept.decoder.take_cache(),
-        None => KvCache::with_capacity(capacity),
+        None => KvCache::on_device_with_capacity(capacity),
     };
     #[cfg(not(feature = "tch"))]
-    let mut cache = KvCache::with_capacity(capacity);
+    let mut cache = KvCache::on_device_with_capacity(capacity);
     let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
     let first = match NextTokens::pick(model, hidden, 0.0) {
         NextTokens::Greedy { device, .. } => *device,
@@ -946,7 +946,7 @@ mod tests {
         let mut reused = reused;
         let mut cache = match reused.as_mut() {
             Some(decoder) => decoder.take_cache(),
-            None => KvCache::with_capacity(GRAPH_CACHE_STEP),
+            None => KvCache::on_device_with_capacity(GRAPH_CACHE_STEP),
         };
         let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
         let NextTokens::Greedy { device: first, .. } = NextTokens::pick(model, hidden, 0.0) else {

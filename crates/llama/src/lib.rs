@@ -27,6 +27,7 @@ mod error;
 pub mod causal_attention;
 pub mod chat_template;
 pub mod config;
+mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "tch")]
 pub mod cuda_graph;

@@ -12,6 +12,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::causal_attention::causal_attention;
 use crate::config::LlamaConfig;
+use crate::cpu::CpuLlama;
 use crate::kv_cache::KvCache;
 use crate::kv_write::kv_write;
 use crate::layer_checkpoint::checkpointed_layer;
@@ -289,6 +290,11 @@ pub struct Llama {
     /// keeping its activations ([`crate::layer_checkpoint`]); off by default.
     #[module(skip)]
     pub checkpoint_layers: bool,
+    /// Inference with plain f32 weights on the CPU (`flex`) runs on host kernels
+    /// ([`crate::cpu`]) instead of burn's ops; on by default. Off forces the burn path (the
+    /// reference the host path is tested against).
+    #[module(skip)]
+    pub host_kernels: bool,
     #[module(skip)]
     pub config: LlamaConfig,
     #[module(skip)]
@@ -328,6 +334,15 @@ impl Llama {
         attention_mask: Tensor<2, Int>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        if cache.as_deref().is_none_or(KvCache::host_usable)
+            && let Some(host) = CpuLlama::borrow(self)
+        {
+            return host.forward_hidden(tokens, attention_mask, cache);
+        }
+        assert!(
+            cache.as_deref().is_none_or(KvCache::on_device),
+            "a KvCache filled by the host path cannot continue on the burn path"
+        );
         let [batch, seq] = tokens.dims();
         let [mask_batch, mask_seq] = attention_mask.dims();
         assert_eq!(
@@ -403,6 +418,9 @@ impl Llama {
 
     /// Maps hidden states `[B, T, hidden]` to logits `[B, T, vocab]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        if let Some(host) = CpuLlama::borrow(self) {
+            return host.logits(hidden);
+        }
         self.lm_head.forward(hidden)
     }
 }

@@ -162,6 +162,7 @@ impl Llama {
             lm_head,
             tied_lm_head: !with_lm_head,
             checkpoint_layers: false,
+            host_kernels: true,
             config: config.clone(),
             rope,
         })

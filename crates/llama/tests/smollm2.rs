@@ -73,3 +73,52 @@ fn smollm2_prefers_paris_in_loglikelihood() {
     assert!(results[0].logprob > results[1].logprob && results[0].logprob > results[2].logprob);
     assert!(!results[1].is_greedy && !results[2].is_greedy);
 }
+
+#[test]
+fn smollm2_host_kernels_match_the_burn_path() {
+    use llama::KvCache;
+    use llama::burn::tensor::{Int, Tensor};
+    use llama::generate::left_padded;
+
+    let (mut model, device) = load();
+    let prompts = [CHAT_PROMPT.to_vec(), FRANCE.to_vec()];
+    let batch: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let (tokens, mask) = left_padded(&batch, &device);
+    let run = |model: &Llama| {
+        // A padded prefill and two cached decode steps; logits of every position.
+        let mut cache = KvCache::new();
+        let mut logits = vec![model.forward(tokens.clone(), mask.clone(), Some(&mut cache))];
+        for token in [PARIS, LONDON] {
+            let next = Tensor::<2, Int>::from_data([[token as i64], [token as i64]], &device);
+            let one = Tensor::<2, Int>::ones([2, 1], &device);
+            logits.push(model.forward(next, one, Some(&mut cache)));
+        }
+        logits
+            .into_iter()
+            .map(|l| l.into_data().try_into_vec::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    model.host_kernels = false;
+    let burn = run(&model);
+    model.host_kernels = true;
+    let host = run(&model);
+    let vocab = model.config().vocab_size;
+    let width = CHAT_PROMPT.len();
+    for (step, (b, h)) in burn.iter().zip(&host).enumerate() {
+        for (position, (b, h)) in b.chunks(vocab).zip(h.chunks(vocab)).enumerate() {
+            // Row 1's left padding (positions 0..11 of the prefill) is not a real position.
+            if step == 0 && position >= width && position < 2 * width - FRANCE.len() {
+                continue;
+            }
+            let diff = b
+                .iter()
+                .zip(h)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                diff < 2e-3,
+                "step {step} position {position}: max diff {diff}"
+            );
+        }
+    }
+}
