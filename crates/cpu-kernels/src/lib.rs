@@ -854,9 +854,23 @@ vectorised! {
     }
 }
 
+/// `gate ← silu(gate) · up` with `silu(x) = x · σ(x)`: the SwiGLU product of a Llama MLP.
+/// A prompt's worth of values is split across rayon's threads (alone on one core, the `exp`
+/// of a 1,024-token prefill took 4% of it while the other core waited).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    const CHUNK: usize = 1 << 15;
+    assert_eq!(gate.len(), up.len(), "gate and up differ in length");
+    if gate.len() <= CHUNK {
+        silu_mul_serial(gate, up);
+    } else {
+        gate.par_chunks_mut(CHUNK)
+            .zip(up.par_chunks(CHUNK))
+            .for_each(|(gate, up)| silu_mul_serial(gate, up));
+    }
+}
+
 vectorised! {
-    /// `gate ← silu(gate) · up` with `silu(x) = x · σ(x)`: the SwiGLU product of a Llama MLP.
-    pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    fn silu_mul_serial(gate: &mut [f32], up: &[f32]) {
         for (g, u) in gate.iter_mut().zip(up) {
             let x = *g;
             *g = x / (1.0 + exp(-x)) * u;
@@ -1092,7 +1106,10 @@ mod tests {
             }
         }
 
-        let mut gate: Vec<f32> = (-200..200).map(|i| i as f32 * 0.25).collect();
+        // Past one chunk (split across threads) and a ragged last chunk.
+        let mut gate: Vec<f32> = (0..(1 << 15) + 1000)
+            .map(|i| (i % 400) as f32 * 0.25 - 50.0)
+            .collect();
         let up = values(gate.len(), 8);
         let inputs = gate.clone();
         silu_mul(&mut gate, &up);
