@@ -3,6 +3,7 @@
 //! Deliberately dependency-light (anyhow + std): every task shells out to cargo.
 
 use std::env;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -30,9 +31,11 @@ tasks:
                     manifest and one report (report.md, report.html); without --config, the
                     embedded default (crates/closed-loop/phase1.toml); ARGS go to phase1
                     (--config FILE, --set KEY=VALUE, --resume, --from STAGE, --rounds N)
-  ci                what CI runs: fmt --check, clippy -D warnings, assets, all tests
+  ci                what CI runs: fmt --check, clippy -D warnings (inside the build), assets,
+                    all tests
   test              build everything, set up assets, run all tests
-  gpu-build         release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`:
+  gpu-build [BIN..] release binaries linked against LibTorch (PyTorch 2.11) for `--device cuda`
+                    (all of them, or only the named ones, e.g. `gpu-build lora-bench`):
                     $LIBTORCH (a PyTorch install's torch/ folder) or the pinned wheel, downloaded
                     into .libtorch/ and checked against its sha256; output in target/gpu/release,
                     stripped copies (what a GPU host is sent) in target/gpu/release/stripped
@@ -61,7 +64,7 @@ fn run() -> Result<()> {
         "phase1" => phase1(&rest),
         "ci" => ci(),
         "test" => test(),
-        "gpu-build" => gpu_build(),
+        "gpu-build" => gpu_build(&rest),
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -84,10 +87,15 @@ fn workspace_root() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], vars: &[(&str, OsString)]) -> Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(vars.iter().map(|(key, value)| (key, value)))
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("could not start `{cargo}`"))?;
@@ -202,23 +210,59 @@ fn run_phase_with_serve(binary: &str, rest: &[String]) -> Result<()> {
 
 /// Builds the whole workspace once, sets up the assets with that build, then tests.
 fn test() -> Result<()> {
-    cargo(&["build", "--workspace", "--all-targets"])?;
+    test_with_env(&[])
+}
+
+/// `vars` go to every cargo invocation alike, so the test and doc-test steps reuse what the
+/// build step compiled (a compiler wrapper is part of each unit's fingerprint).
+fn test_with_env(vars: &[(&str, OsString)]) -> Result<()> {
+    cargo_with_env(&["build", "--workspace", "--all-targets"], vars)?;
     run_built("fetch-assets", &[])?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
-    cargo(&["test", "--workspace", "--doc"])
+    cargo_with_env(&["test", "--workspace", "--all-targets"], vars)?;
+    cargo_with_env(&["test", "--workspace", "--doc"], vars)
 }
 
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    test()
+    match clippy_in_the_build() {
+        Some(vars) => {
+            eprintln!(
+                "xtask: clippy -D warnings runs inside the build (clippy-driver as the workspace compiler)"
+            );
+            test_with_env(&vars)
+        }
+        None => {
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            test()
+        }
+    }
+}
+
+/// What `cargo clippy -- -D warnings` sets up for `cargo check`, for the build instead:
+/// clippy-driver compiles the workspace's own crates (lints and code alike) and
+/// `CLIPPY_ARGS` carries `-D warnings` in cargo-clippy's encoding. Dependencies are compiled
+/// once, by rustc: a separate `cargo clippy` would type-check all of them a second time
+/// (about 5 of CI's 40 minutes on 2 cores). `None` where the toolchain has no clippy-driver
+/// next to cargo; CI then runs plain `cargo clippy`.
+fn clippy_in_the_build() -> Option<Vec<(&'static str, OsString)>> {
+    let cargo = PathBuf::from(env::var_os("CARGO")?);
+    let driver = cargo.with_file_name(format!("clippy-driver{}", env::consts::EXE_SUFFIX));
+    driver.is_file().then(|| {
+        vec![
+            ("RUSTC_WORKSPACE_WRAPPER", driver.into_os_string()),
+            (
+                "CLIPPY_ARGS",
+                "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__".into(),
+            ),
+        ]
+    })
 }
 
 /// The PyTorch release whose libtorch `--features tch` links. burn-tch 0.22 expects 2.9;
@@ -256,9 +300,11 @@ const GPU_BINARIES: &[(&str, &str)] = &[
     ("serve-cli", "serve"),
 ];
 
-/// Builds the GPU binaries into their own target dir so that the default (libtorch-free)
-/// build's artifacts stay valid.
-fn gpu_build() -> Result<()> {
+/// Builds the GPU binaries (all, or those named in `only`) into their own target dir so that
+/// the default (libtorch-free) build's artifacts stay valid. Naming one binary matters on a
+/// 2-core machine: a device call that benchmarks lora-bench need not wait for all nine.
+fn gpu_build(only: &[String]) -> Result<()> {
+    let selected = select_gpu_binaries(only)?;
     let root = workspace_root();
     let libtorch = match env::var_os("LIBTORCH") {
         Some(dir) => PathBuf::from(dir),
@@ -286,13 +332,13 @@ fn gpu_build() -> Result<()> {
         rustflags.push(' ');
     }
     rustflags.push_str("-C link-arg=-Wl,--allow-shlib-undefined");
-    let features: Vec<String> = GPU_BINARIES
+    let features: Vec<String> = selected
         .iter()
         .map(|(package, _)| format!("{package}/tch"))
         .collect();
     let features = features.join(",");
     let mut args = vec!["build", "--release", "--features", &features];
-    for (package, _) in GPU_BINARIES {
+    for (package, _) in &selected {
         args.extend(["--package", package]);
     }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -322,7 +368,7 @@ fn gpu_build() -> Result<()> {
     std::fs::create_dir_all(&stripped_dir)
         .with_context(|| format!("creating {}", stripped_dir.display()))?;
     println!("GPU binaries (LibTorch {TORCH_VERSION}, run with --device cuda):");
-    for (_, binary) in GPU_BINARIES {
+    for (_, binary) in &selected {
         let stripped = strip_copy(&bin_dir.join(binary), &stripped_dir.join(binary))?;
         println!(
             "  {}  (stripped: {stripped})",
@@ -338,6 +384,28 @@ fn gpu_build() -> Result<()> {
          export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:$LD_LIBRARY_PATH"
     );
     Ok(())
+}
+
+/// The GPU binaries named in `only` (by binary or package name), or all of them when empty.
+fn select_gpu_binaries(only: &[String]) -> Result<Vec<(&'static str, &'static str)>> {
+    if only.is_empty() {
+        return Ok(GPU_BINARIES.to_vec());
+    }
+    only.iter()
+        .map(|name| {
+            GPU_BINARIES
+                .iter()
+                .find(|(package, binary)| name == package || name == binary)
+                .copied()
+                .with_context(|| {
+                    let known: Vec<&str> = GPU_BINARIES.iter().map(|(_, b)| *b).collect();
+                    format!(
+                        "gpu-build: no GPU binary `{name}` (known: {})",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Writes a copy of `binary` without symbols or debug sections to `out` (temp file, then
