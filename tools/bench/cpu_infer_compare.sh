@@ -6,33 +6,16 @@
 #
 #   PYTHON=/path/to/venv/bin/python bash tools/bench/cpu_infer_compare.sh
 #
-# Environment: PYTHON (with torch + transformers; default python3), ROUNDS (3), THREADS (2:
-# RAYON_NUM_THREADS for Rust, torch.set_num_threads for Python), SHAPES (space-separated
-# batch:prompt:decode, default "1:128:32 8:64:32 16:64:32"), TUNELOOP_ASSETS (default assets),
-# PROFILE (dev: the workspace builds llama's kernels and all dependencies at opt-level 3 there),
-# RUST_ARGS (extra llama_bench flags, e.g. --burn for the burn-tensor path).
-# Build first without timing pressure (`nice -n 10`); the timed runs are not niced.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-python=${PYTHON:-python3}
-rounds=${ROUNDS:-3}
-threads=${THREADS:-2}
+# Environment: PYTHON (with torch + transformers), ROUNDS, THREADS, TUNELOOP_ASSETS, PROFILE
+# (tools/bench/common.sh), SHAPES (space-separated batch:prompt:decode, default
+# "1:128:32 8:64:32 16:64:32"), RUST_ARGS (extra llama_bench flags, e.g. --burn for the
+# burn-tensor path).
+source "$(dirname "$0")/common.sh"
 shapes=${SHAPES:-"1:128:32 8:64:32 16:64:32"}
-assets=${TUNELOOP_ASSETS:-assets}
-profile=${PROFILE:-dev}
-target=${CARGO_TARGET_DIR:-target}
 model=$assets/smollm2-135m-instruct
 
-nice -n 10 cargo build --quiet --profile "$profile" --workspace --examples
-dir=$profile
-[[ $profile == dev ]] && dir=debug
-bin=$target/$dir/examples/llama_bench
-
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-lscpu | grep -E "^Model name|^CPU\(s\)" || true
-echo "load before: $(uptime)"
-export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+build_example llama llama_bench
+machine_header
 for round in $(seq 1 "$rounds"); do
   for shape in $shapes; do
     IFS=: read -r batch prompt decode <<<"$shape"

@@ -5,33 +5,15 @@
 #
 #   PYTHON=/path/to/venv/bin/python bash tools/bench/minilm_cpu_compare.sh
 #
-# Environment: PYTHON (with torch + sentence-transformers; default python3), ROUNDS (3),
-# THREADS (2: RAYON_NUM_THREADS for Rust, torch.set_num_threads for Python), SENTENCES (2000),
-# BATCH_SIZES (16,32,64), BURN=1 to also time the burn-tensor path (`--burn`, the CPU path
-# before the host kernels), TUNELOOP_ASSETS (default assets), PROFILE (dev: the workspace builds this crate and its
-# dependencies at opt-level 3 there, so it runs the same kernels as release).
-# Build it first without timing pressure (`nice -n 10` is fine there); the timed runs are not niced.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-python=${PYTHON:-python3}
-rounds=${ROUNDS:-3}
-threads=${THREADS:-2}
+# Environment: PYTHON (with torch + sentence-transformers), ROUNDS, THREADS, TUNELOOP_ASSETS,
+# PROFILE (tools/bench/common.sh), SENTENCES (2000), BATCH_SIZES (16,32,64), BURN=1 to also
+# time the burn-tensor path (`--burn`, the CPU path before the host kernels).
+source "$(dirname "$0")/common.sh"
 sentences=${SENTENCES:-2000}
 batch_sizes=${BATCH_SIZES:-16,32,64}
-assets=${TUNELOOP_ASSETS:-assets}
-profile=${PROFILE:-dev}
-target=${CARGO_TARGET_DIR:-target}
 
-nice -n 10 cargo build --quiet --profile "$profile" -p embeddings --example throughput
-dir=$profile
-[[ $profile == dev ]] && dir=debug
-bin=$target/$dir/examples/throughput
-
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-lscpu | grep -E "^Model name|^CPU\(s\)" || true
-echo "load before: $(uptime)"
-export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+build_example embeddings throughput
+machine_header
 for round in $(seq 1 "$rounds"); do
   echo "== round $round/$rounds: Rust"
   RAYON_NUM_THREADS=$threads "$bin" --model-dir "$assets/all-minilm-l6-v2" --pool-dir "$assets/data/pool" \

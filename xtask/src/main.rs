@@ -503,16 +503,18 @@ fn cuda_headers(libtorch: &Path, dir: &Path) -> Result<PathBuf> {
     if let Some(include) = env::var_os("TUNELOOP_CUDA_INCLUDE") {
         return Ok(PathBuf::from(include));
     }
-    let has_headers = |include: &Path| include.join("cuda_runtime_api.h").exists();
+    // cuda_runtime.h includes crt/host_config.h, which a pip install of torch need not have
+    // (nvidia-cuda-crt is a separate wheel): headers without it are not enough.
+    let complete = |include: &Path| {
+        include.join("cuda_runtime_api.h").exists() && include.join("crt/host_config.h").exists()
+    };
     if let Some(site) = libtorch.parent() {
         let beside = site.join("nvidia/cu13/include");
-        if has_headers(&beside) {
+        if complete(&beside) {
             return Ok(beside);
         }
     }
     let include = dir.join("nvidia/cu13/include");
-    let complete =
-        |include: &Path| has_headers(include) && include.join("crt/host_config.h").exists();
     if complete(&include) {
         return Ok(include);
     }
