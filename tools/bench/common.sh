@@ -19,13 +19,14 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-# build_example PACKAGE EXAMPLE: builds it without timing pressure (niced; the timed runs are
-# not) and sets $bin to its path.
+# build_example EXAMPLE: builds it without timing pressure (niced; the timed runs are not) and
+# sets $bin to its path. Workspace-wide, so dependency features unify as in the workspace build
+# and an existing `cargo build --workspace` is reused instead of recompiling dependencies.
 build_example() {
-  nice -n 10 cargo build --quiet --profile "$profile" -p "$1" --example "$2"
+  nice -n 10 cargo build --quiet --profile "$profile" --workspace --example "$1"
   local dir=$profile
   [[ $profile == dev ]] && dir=debug
-  bin=$target/$dir/examples/$2
+  bin=$target/$dir/examples/$1
 }
 
 # The machine and its load before the first timed run.

@@ -14,7 +14,7 @@ source "$(dirname "$0")/common.sh"
 shapes=${SHAPES:-"1:128:32 8:64:32 16:64:32"}
 model=$assets/smollm2-135m-instruct
 
-build_example llama llama_bench
+build_example llama_bench
 machine_header
 for round in $(seq 1 "$rounds"); do
   for shape in $shapes; do

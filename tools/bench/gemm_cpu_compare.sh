@@ -11,7 +11,7 @@
 source "$(dirname "$0")/common.sh"
 rows=${ROWS:-"128 1024"}
 
-build_example cpu-kernels gemm_bench
+build_example gemm_bench
 machine_header
 for round in $(seq 1 "$rounds"); do
   echo "== round $round/$rounds: cpu_kernels::matmul"

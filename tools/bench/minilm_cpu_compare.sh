@@ -12,7 +12,7 @@ source "$(dirname "$0")/common.sh"
 sentences=${SENTENCES:-2000}
 batch_sizes=${BATCH_SIZES:-16,32,64}
 
-build_example embeddings throughput
+build_example throughput
 machine_header
 for round in $(seq 1 "$rounds"); do
   echo "== round $round/$rounds: Rust"
