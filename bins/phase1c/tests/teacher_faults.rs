@@ -8,7 +8,9 @@
 //!   example the judge cannot score and one it scores low;
 //! - phase1c (a real subprocess) is SIGKILLed in the middle of generation, then rerun to the
 //!   end, then rerun again: no answer is paid twice (the server's own log), the rerun sends no
-//!   request at all, and every output parses as its typed record.
+//!   request at all, and every output parses as its typed record;
+//! - a last rerun asks for ten times the examples under a priced budget cap: it ends cleanly on
+//!   what was paid for, never spends past the cap, and counts and reports the refused requests.
 
 #[path = "../../../crates/llm-client/tests/support/mod.rs"]
 mod support;
@@ -37,18 +39,33 @@ const GSM8K_PARAPHRASE: &str = "Every day the ducks that Janet keeps produce six
     friends. The eggs left over are sold each day at the farmers' market for $2 apiece. How \
     much money, in dollars, does Janet take in every day at the market?";
 
+/// What the targeted template asks the teacher for (followed by the skill's description).
+const TARGETED: &str = "new tasks that exercise the same skill";
+
+/// Numbers that differ per request, so the normal examples are distinct across requests.
+fn request_numbers(prompt: &str) -> (u64, u64) {
+    let h = prompt
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    (10 + h % 80, 11 + (h / 80) % 80)
+}
+
+/// The fourth example of the scripted teacher's answer to a targeted `prompt`.
+fn multiplication_task(prompt: &str) -> String {
+    let (a, b) = request_numbers(prompt);
+    format!(
+        "Compute {a} times {b} and explain each step of the multiplication clearly for a student."
+    )
+}
+
 fn teacher_reply(prompt: &str) -> String {
     let plants = PLANTS.get().expect("plants set");
     if let Some(rest) = prompt.split("The correct final answer is: ").nth(1) {
         let gold = rest.lines().next().unwrap_or("").trim();
         return format!("Let us work through the task step by step.\nAnswer: {gold}");
     }
-    if prompt.contains("new tasks that exercise the same skill") {
-        // Numbers that differ per request, so the normal examples are distinct across requests.
-        let h = prompt
-            .bytes()
-            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        let (a, b) = (10 + h % 80, 11 + (h / 80) % 80);
+    if prompt.contains(TARGETED) {
+        let (a, b) = request_numbers(prompt);
         let examples = serde_json::json!({"examples": [
             {"instruction": plants.gsm8k, "response": "16 - 3 - 4 = 9 eggs, 9 * 2 = 18. Answer: 18",
              "answer": "18"},
@@ -56,7 +73,7 @@ fn teacher_reply(prompt: &str) -> String {
              "answer": "the 18 dollars she makes at the market every single day"},
             {"instruction": plants.mmlu, "response": "The first choice is right.",
              "answer": "the first of the listed choices is the right one here"},
-            {"instruction": format!("Compute {a} times {b} and explain each step of the multiplication clearly for a student."),
+            {"instruction": multiplication_task(prompt),
              "response": format!("{a} * {b} = {}. Answer: {}", a * b, a * b), "answer": (a * b).to_string()},
             {"instruction": format!("Compute {a} times {b} and explain each step of the multiplication clearly for a pupil."),
              "response": format!("{a} * {b} = {}. Answer: {}", a * b, a * b), "answer": (a * b).to_string()},
@@ -449,4 +466,111 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
     );
     let again: Vec<TeacherExample> = read_jsonl(run.join("generated.jsonl")).unwrap();
     assert_eq!(again, generated);
+
+    // 5. The budget cap is a hard stop: ten times the examples, priced, under a cap that pays
+    // for a few of the new requests. The run ends cleanly on what was paid for, the ledger's
+    // total never passes the cap, and every refused request is counted and reported.
+    const CAP_USD: f64 = 0.6;
+    let capped = [
+        "generate.total_examples=480",
+        "teacher.prices.input_per_mtok=100.0",
+        "teacher.prices.output_per_mtok=100.0",
+        &format!("teacher.budget_usd={CAP_USD}"),
+    ];
+    let requests = server.request_count();
+    let abandoned_before = llm_client::Ledger::open(&run.join("teacher-ledger.sqlite"))
+        .unwrap()
+        .counts()
+        .unwrap()
+        .abandoned;
+    let output = tokio::task::block_in_place(|| {
+        let mut command = phase1c(&config, &assets);
+        for assignment in capped {
+            command.args(["--set", assignment]);
+        }
+        command.output().unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "capped phase1c failed:\n{stderr}");
+    let spent = llm_client::Ledger::open(&run.join("teacher-ledger.sqlite"))
+        .unwrap()
+        .total_spend_usd()
+        .unwrap();
+    println!(
+        "capped rerun: {} requests, teacher spend ${spent:.4} of ${CAP_USD}",
+        server.request_count() - requests
+    );
+    assert!(
+        spent > 0.0,
+        "no new teacher answer was paid for under the cap"
+    );
+    assert!(
+        spent <= CAP_USD,
+        "teacher spend {spent} passed the cap {CAP_USD}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    let refused: u64 = json["funnels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|funnel| {
+            funnel["dropped"]["generate: request failed (budget_exceeded)"].as_u64()
+        })
+        .sum();
+    assert!(
+        refused > 0,
+        "no request was refused by the cap: {}",
+        json["funnels"]
+    );
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!(
+            "Teacher budget cap of ${CAP_USD:.2} reached: {refused} generation requests were \
+             not sent"
+        )),
+        "{report}"
+    );
+    // Everything paid for is kept: each targeted answer delivered in this run is in
+    // generated.jsonl (its fourth example, where the prompt asked for at least four), but for
+    // answers the client gave up on after a timeout (counted as abandoned in the ledger).
+    let generated: Vec<TeacherExample> = read_jsonl(run.join("generated.jsonl")).unwrap();
+    let gate: Vec<GateDecision> = read_jsonl(run.join("gate.jsonl")).unwrap();
+    assert_eq!(
+        gate.len(),
+        generated.len(),
+        "one decision per example under the cap"
+    );
+    let instructions: std::collections::BTreeSet<&str> =
+        generated.iter().map(|e| e.instruction.as_str()).collect();
+    let asked_for = |prompt: &str| -> usize {
+        let count = prompt
+            .split("Write ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next().and_then(|n| n.parse().ok()));
+        count.expect("the targeted prompt says how many tasks it wants")
+    };
+    let paid: Vec<String> = server.records()[requests..]
+        .iter()
+        .filter(|r| r.delivered_ok && r.prompt.contains(TARGETED) && asked_for(&r.prompt) >= 4)
+        .map(|r| multiplication_task(&r.prompt))
+        .collect();
+    assert!(
+        !paid.is_empty(),
+        "no targeted answer was paid for under the cap"
+    );
+    let missing = paid
+        .iter()
+        .filter(|task| !instructions.contains(task.as_str()))
+        .count() as u64;
+    let abandoned_after = llm_client::Ledger::open(&run.join("teacher-ledger.sqlite"))
+        .unwrap()
+        .counts()
+        .unwrap()
+        .abandoned;
+    assert!(
+        missing <= abandoned_after - abandoned_before,
+        "{missing} of {} paid targeted answers are not in generated.jsonl",
+        paid.len()
+    );
 }

@@ -702,16 +702,36 @@ async fn verify(
             }
         }
     }
-    let mut rederived: Vec<Vec<Option<String>>> = vec![Vec::new(); examples.len()];
+    // Each re-derivation's final answer, or the kind of error its request ended with (a
+    // refused budget reservation, retries used up): an unpaid check is not a disagreement.
+    let mut rederived: Vec<Vec<std::result::Result<Option<String>, &'static str>>> =
+        vec![Vec::new(); examples.len()];
     if !requests.is_empty() {
         let report = client.chat_batch(requests, Progress::Auto).await;
         for (owner, result) in owners.into_iter().zip(report.results) {
-            rederived[owner].push(result.ok().and_then(|a| final_answer(&a.content)));
+            rederived[owner].push(
+                result
+                    .map(|a| final_answer(&a.content))
+                    .map_err(|error| error.kind()),
+            );
         }
     }
     let mut kept = Vec::new();
     for (example, answers) in examples.into_iter().zip(rederived) {
         let funnel = funnels.get_mut(&example.cluster).expect("a target");
+        if let Some(kind) = answers.iter().find_map(|a| a.as_ref().err().copied()) {
+            // Unverified examples do not pass: dropped, with the request's failure as the reason.
+            drop_example(
+                decisions,
+                funnel,
+                &example,
+                "verify",
+                format!("re-derivation request failed ({kind})"),
+                &format!("verify: request failed ({kind})"),
+            );
+            continue;
+        }
+        let answers: Vec<Option<String>> = answers.into_iter().flatten().collect();
         let verdict: std::result::Result<(), String> = match example.strategy {
             Strategy::Rationalize => {
                 let item = phase1b

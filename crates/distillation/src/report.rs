@@ -107,16 +107,20 @@ impl Phase1cReport {
                 )
             }
         ));
-        let unsent: usize = self
-            .funnels
-            .values()
-            .filter_map(|f| f.dropped.get("generate: request failed (budget_exceeded)"))
-            .sum();
-        if unsent > 0 {
+        let refused = |key: &str| -> usize {
+            self.funnels
+                .values()
+                .filter_map(|f| f.dropped.get(key))
+                .sum()
+        };
+        let unsent = refused("generate: request failed (budget_exceeded)");
+        let unverified = refused("verify: request failed (budget_exceeded)");
+        if unsent + unverified > 0 {
             summary.push(format!(
-                "Teacher budget cap reached (budget_usd {:?}): {unsent} requests were not sent; \
-                 everything paid for before the cap is kept and used.",
-                self.config.teacher.budget_usd
+                "Teacher budget cap of ${:.2} reached: {unsent} generation requests were \
+                 not sent and {unverified} examples were dropped because their re-derivation \
+                 could not be paid for; everything paid for before the cap is kept and used.",
+                self.config.teacher.budget_usd.unwrap_or(0.0)
             ));
         }
         if self.holdout_graded < self.holdout_total {
