@@ -2,15 +2,19 @@
 //! distillation), and further rounds of 1B → 1C, in one run directory with one report (see
 //! `closed_loop`).
 //!
-//! `phase1 [--config FILE] [--set KEY=VALUE ...] [--resume] [--from STAGE] [--rounds N]`;
+//! `phase1 [--config FILE] [--set KEY=VALUE ...] [--resume] [--from STAGE] [--rounds N]
+//! [--gpus N]`;
 //! without --config it runs the embedded default (crates/closed-loop/phase1.toml). A rerun
 //! reuses every stage whose inputs and outputs are unchanged.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use closed_loop::{DEFAULT_CONFIG, Phase1Config, Phase1Options, run_phase1};
+use closed_loop::{
+    DEFAULT_CONFIG, Phase1Config, Phase1Options, RANK_STAGE_ARG, run_phase1, run_rank_stage,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "The closed loop: phase 1A → 1B → 1C as one resumable pipeline")]
@@ -30,6 +34,13 @@ struct Args {
     /// Rounds of 1B → 1C (overrides the config's `rounds`).
     #[arg(long)]
     rounds: Option<usize>,
+    /// GPUs of this host for 1A's training (one process per GPU, NCCL; model.device must be
+    /// `cuda`) and 1B's runner (items sharded by rank, one merged result). 1C trains on one.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
+    /// Internal: run one rank of this stage (started by --gpus, under RANK and WORLD_SIZE).
+    #[arg(long = RANK_STAGE_ARG.trim_start_matches('-'), value_name = "STAGE", hide = true)]
+    rank_stage: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -43,11 +54,24 @@ fn main() -> Result<()> {
         Some(path) => Phase1Config::load(path, &overrides)?,
         None => Phase1Config::parse(DEFAULT_CONFIG, "embedded phase1.toml", &overrides)?,
     };
+    if let Some(stage) = &args.rank_stage {
+        return Ok(run_rank_stage(&config, stage, args.resume)?);
+    }
+    // What each rank is started with: the same configuration.
+    let mut relaunch_args: Vec<OsString> = Vec::new();
+    if let Some(path) = &args.config {
+        relaunch_args.extend(["--config".into(), path.into()]);
+    }
+    for assignment in &overrides {
+        relaunch_args.extend(["--set".into(), assignment.into()]);
+    }
     let outcome = run_phase1(
         &config,
         &Phase1Options {
             resume: args.resume,
             from: args.from.clone(),
+            gpus: args.gpus,
+            relaunch_args,
         },
     )?;
     println!("stage | this call | why");

@@ -3,7 +3,8 @@
 //! SmolLM2-135M trained (1A), its failures mined and clustered with MiniLM (1B; keyword labels
 //! here, to save CI the labeller's minute), targeted data from `serve` as teacher and judge,
 //! trained and measured on the holdout (1C) — with every size cut down to fit CI. Then the
-//! manifest's promise that a rerun reuses every stage and pays for nothing, and bad input named.
+//! manifest's promise that a rerun reuses every stage and pays for nothing, bad input named,
+//! and `--gpus 2` (refused for training on a CPU; 1B's runner sharded over two processes).
 //! (A hand-edited output rerunning its stage, and --resume, are tested on `run_stage` in
 //! crates/closed-loop, without paying for three phases again.)
 
@@ -310,11 +311,11 @@ fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
     // either runs or, since two optimiser steps improve no pattern's holdout CI, is skipped by
     // the early stop, which the report states.
     let stdout = succeeded(&phase1(fresh.path(), &assets.root, &["--rounds", "2"]));
-    let actions = actions(&stdout);
-    assert_eq!(actions[..3], reused[..], "{stdout}");
+    let round_actions = actions(&stdout);
+    assert_eq!(round_actions[..3], reused[..], "{stdout}");
     let report: closed_loop::Phase1Report = report_json(run.clone());
-    let round2: Vec<&str> = actions[3..].iter().map(|(_, a)| a.as_str()).collect();
-    let names: Vec<&str> = actions[3..].iter().map(|(s, _)| s.as_str()).collect();
+    let round2: Vec<&str> = round_actions[3..].iter().map(|(_, a)| a.as_str()).collect();
+    let names: Vec<&str> = round_actions[3..].iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(names, ["1b-r2", "1c-r2"], "{stdout}");
     match report.stopped_early.as_deref() {
         Some(reason) => {
@@ -349,4 +350,39 @@ fn the_embedded_loop_runs_end_to_end_and_reruns_for_free() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("no-such-model"), "{stderr}");
+
+    // 5. `--gpus 2`. Training runs one process per GPU over NCCL, so on this CPU it is refused
+    // before 1A's directory is touched; 1B's runner shards the test set over two processes of
+    // phase1 (CPU ranks here) and folds their results into one.
+    let output = phase1(fresh.path(), &assets.root, &["--from", "1a", "--gpus", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("model.device = \"cuda\""), "{stderr}");
+    assert!(run.join("1a/merged/config.json").is_file());
+    assert!(!run.join("1a.superseded").exists());
+    let stdout = succeeded(&phase1(
+        fresh.path(),
+        &assets.root,
+        &["--from", "1b", "--gpus", "2"],
+    ));
+    let sharded: Vec<(String, String)> = [("1a", "reused"), ("1b", "ran"), ("1c", "ran")]
+        .iter()
+        .map(|(s, a)| (s.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(actions(&stdout), sharded, "{stdout}");
+    let shards: Vec<Vec<EvalRecord>> = (0..2)
+        .map(|rank| read_jsonl(run.join(format!("1b/results.rank-{rank}.jsonl"))).unwrap())
+        .collect();
+    assert_eq!((shards[0].len(), shards[1].len()), (12, 12));
+    let results: Vec<EvalRecord> = read_jsonl(run.join("1b/results.jsonl")).unwrap();
+    let ids = |records: &[EvalRecord]| -> std::collections::BTreeSet<String> {
+        records.iter().map(|r| r.item_id.clone()).collect()
+    };
+    let graded_by_ranks: Vec<EvalRecord> = shards.concat();
+    assert_eq!(results.len(), 24, "one record per item, no duplicates");
+    assert_eq!(ids(&results), ids(&graded_by_ranks));
+    assert_eq!(
+        ids(&results),
+        items.iter().map(|item| item.id.clone()).collect()
+    );
 }

@@ -24,6 +24,7 @@
 mod report;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use distillation::Phase1cConfig;
@@ -60,6 +61,14 @@ pub enum Error {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    /// Starting or running the ranks of a stage on several GPUs failed.
+    #[error("stage {stage} on {gpus} GPUs: {source}")]
+    Ranks {
+        stage: String,
+        gpus: usize,
+        #[source]
+        source: lora_training::Error,
     },
     /// A stage that was killed or failed, met again without `--resume`.
     #[error(
@@ -314,14 +323,27 @@ fn merge_at(table: &mut toml::Table, keys: &[&str], overlay: &toml::Table) {
     pipeline::merge_tables(current, overlay);
 }
 
-/// How to treat a run directory that already holds stages.
+/// How to treat a run directory that already holds stages, and how wide to run.
 #[derive(Clone, Debug, Default)]
 pub struct Phase1Options {
     /// Continue a stage that was killed or failed from its own resume state.
     pub resume: bool,
     /// Run this stage and every later one again, whatever the manifest says.
     pub from: Option<String>,
+    /// GPUs of this host for phase 1A's training (data-parallel, NCCL; the model's device must
+    /// be `cuda`) and phase 1B's runner (items sharded by rank, one merged result). 0 or 1: one
+    /// process. Phase 1C trains in one process.
+    pub gpus: usize,
+    /// With `gpus > 1`: the arguments that start this executable on the same configuration
+    /// (e.g. `--config FILE --set ...`). Each rank runs it with [`RANK_STAGE_ARG`] and the
+    /// stage's name appended (and `--resume` when the stage resumes) under torchrun's variables,
+    /// and the executable must then call [`run_rank_stage`].
+    pub relaunch_args: Vec<OsString>,
 }
+
+/// The argument (followed by a stage name) that starts one rank of a stage; see
+/// [`Phase1Options::relaunch_args`].
+pub const RANK_STAGE_ARG: &str = "--rank-stage";
 
 /// What one stage did in this call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,6 +409,88 @@ fn merged_model(config: &Phase1Config, stage: &Stage) -> PathBuf {
     }
 }
 
+/// The model stage `all[index]` starts from: the merged model of the last training stage
+/// before it (1A or a 1C), else the configured base model.
+fn model_for(config: &Phase1Config, all: &[Stage], index: usize) -> PathBuf {
+    all[..index]
+        .iter()
+        .rev()
+        .find(|stage| stage.phase != Phase::Mine)
+        .map_or_else(
+            || config.model.path.clone(),
+            |stage| merged_model(config, stage),
+        )
+}
+
+/// Runs `stage` as `gpus` processes of this executable (see [`Phase1Options::relaunch_args`])
+/// and waits for all of them.
+fn launch_ranks(options: &Phase1Options, stage: &Stage, resume: bool) -> Result<()> {
+    let mut args = options.relaunch_args.clone();
+    args.extend([RANK_STAGE_ARG.into(), stage.name.clone().into()]);
+    if resume {
+        args.push("--resume".into());
+    }
+    tracing::info!("stage {}: {} ranks", stage.name, options.gpus);
+    lora_training::distributed::launch(options.gpus, &args).map_err(|source| Error::Ranks {
+        stage: stage.name.clone(),
+        gpus: options.gpus,
+        source,
+    })
+}
+
+/// One rank's share of a stage run on several GPUs (`RANK`, `WORLD_SIZE` and `LOCAL_RANK` set by
+/// the launch): phase 1A trains data-parallel (rank 0 writes, merges and validates), phase 1B
+/// grades its shard of the test set, which the launching process then merges and mines.
+pub fn run_rank_stage(config: &Phase1Config, stage_name: &str, resume: bool) -> Result<()> {
+    let all = stages(config.rounds);
+    let index = all
+        .iter()
+        .position(|stage| stage.name == stage_name)
+        .ok_or_else(|| Error::Invalid {
+            origin: RANK_STAGE_ARG.into(),
+            message: format!("unknown stage `{stage_name}`"),
+        })?;
+    let stage = &all[index];
+    let rank_of = |name: &str| -> Result<usize> {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| Error::Invalid {
+                origin: RANK_STAGE_ARG.into(),
+                message: format!("{name} is not set to a number: ranks are started by --gpus"),
+            })
+    };
+    let (rank, world) = (rank_of("RANK")?, rank_of("WORLD_SIZE")?);
+    match stage.phase {
+        Phase::Train => {
+            let phase_config = config.phase1a_config()?;
+            let device = llama::device::select_device_named(
+                &lora_training::distributed::rank_device(&config.model.device),
+                config.model.precision.as_deref(),
+            )?;
+            let group = lora_training::Group::from_env(&device)?;
+            let options = Phase1aOptions {
+                resume,
+                train_only: false,
+            };
+            lora_training::phase::run_phase1a(&phase_config, &options, &device, &group)?;
+        }
+        Phase::Mine => {
+            let phase_config = config.phase1b_config(stage, &model_for(config, &all, index))?;
+            let device = lora_training::distributed::rank_device(&phase_config.model.device);
+            let graded = failure_mining::phase::grade_shard(&phase_config, rank, world, &device)?;
+            tracing::info!("stage {stage_name}, rank {rank}/{world}: {graded} items graded");
+        }
+        Phase::Distill => {
+            return Err(Error::Invalid {
+                origin: RANK_STAGE_ARG.into(),
+                message: format!("stage {stage_name} (phase 1C) runs in one process"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Runs the loop. Blocking.
 pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phase1Outcome> {
     let all = stages(config.rounds);
@@ -413,7 +517,6 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
     let mut manifest = Manifest::open(&config.run_dir)?;
 
     let mut outcomes = Vec::new();
-    let mut model = config.model.path.clone();
     let mut model_sha256 = String::new();
     let mut rounds_run = 0;
     let mut stopped_early = None;
@@ -428,7 +531,9 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
         }
         let forced = from.is_some_and(|from| index >= from);
         let dir = config.stage_dir(stage);
+        let model = model_for(config, &all, index);
         let mut inputs = BTreeMap::new();
+        let mut precondition = Ok(());
         // Each phase: what its stage reads (hashed), which files survive a rerun, the call.
         type Work<'a> = Box<dyn FnOnce(bool) -> Result<()> + 'a>;
         let (keep, work): (&[&str], Work) = match stage.phase {
@@ -443,7 +548,21 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
                 if let Some(eval) = &phase_config.data.eval {
                     inputs.insert("eval".into(), sha256_path(eval)?);
                 }
+                if options.gpus > 1 && config.model.device != "cuda" {
+                    // Checked before the stage's directory is touched.
+                    precondition = Err(Error::Invalid {
+                        origin: "--gpus".into(),
+                        message: format!(
+                            "{} GPUs train one process per GPU (NCCL): set model.device = \
+                             \"cuda\" (it is \"{}\")",
+                            options.gpus, config.model.device
+                        ),
+                    });
+                }
                 let work = move |resume| {
+                    if options.gpus > 1 {
+                        return launch_ranks(options, stage, resume);
+                    }
                     let device = llama::device::select_device_named(
                         &config.model.device,
                         config.model.precision.as_deref(),
@@ -462,8 +581,13 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
                 let phase_config = config.phase1b_config(stage, &model)?;
                 inputs.insert("config".into(), sha256_json(&phase_config));
                 inputs.insert("model".into(), model_sha256.clone());
-                // Phase 1B always continues from its per-item results.
-                let work = move |_| {
+                // Phase 1B always continues from its per-item results (and folds in the
+                // shards its ranks graded).
+                let work = move |resume| {
+                    if options.gpus > 1 {
+                        failure_mining::phase::prepare_testset(&phase_config)?;
+                        launch_ranks(options, stage, resume)?;
+                    }
                     failure_mining::run_phase1b(&phase_config)?;
                     Ok(())
                 };
@@ -507,11 +631,12 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
             options,
             forced,
             keep,
+            precondition,
             work,
         )?;
         outcomes.push(outcome);
         if stage.phase != Phase::Mine {
-            model = merged_model(config, stage);
+            let model = merged_model(config, stage);
             let relative = model
                 .strip_prefix(&config.run_dir)
                 .unwrap_or(&model)
@@ -572,6 +697,7 @@ fn run_stage(
     options: &Phase1Options,
     forced: bool,
     keep: &[&str],
+    precondition: Result<()>,
     work: Box<dyn FnOnce(bool) -> Result<()> + '_>,
 ) -> Result<StageOutcome> {
     let key = sha256_json(&inputs);
@@ -607,6 +733,9 @@ fn run_stage(
             format!("its output {output} changed since it was written"),
         ),
     };
+    // What must hold for the stage to run is checked once it is known to run, before its
+    // directory is touched.
+    precondition?;
     tracing::info!("stage {}: {action} ({reason})", stage.name);
     if !resume {
         supersede(dir, keep)?;
@@ -682,6 +811,52 @@ mod tests {
         assert_eq!(later[3].name, "1b-r2");
         let c2 = config.phase1c_config(&later[4], merged).unwrap();
         assert_eq!(c2.phase1b_dir, Path::new("runs/phase1/1b-r2"));
+
+        // Each stage starts from the last trained model before it (what a rank is given too).
+        let models: Vec<PathBuf> = (0..later.len())
+            .map(|index| model_for(&config, &later, index))
+            .collect();
+        assert_eq!(models[0], config.model.path);
+        assert_eq!(models[1], merged);
+        assert_eq!(models[2], merged);
+        assert_eq!(models[3], Path::new("runs/phase1/1c/train/merged"));
+        assert_eq!(models[5], Path::new("runs/phase1/1c-r2/train/merged"));
+    }
+
+    #[test]
+    fn a_stage_that_may_not_run_is_refused_before_its_directory_is_touched() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("1a");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("adapter"), "trained").unwrap();
+        let mut manifest = Manifest::open(root.path()).unwrap();
+        let refused = Error::Invalid {
+            origin: "--gpus".into(),
+            message: "needs cuda".into(),
+        };
+        let error = run_stage(
+            &mut manifest,
+            &stages(1)[0],
+            &dir,
+            BTreeMap::new(),
+            &Phase1Options::default(),
+            true,
+            &[],
+            Err(refused),
+            Box::new(|_| panic!("the work ran")),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("needs cuda"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("adapter")).unwrap(),
+            "trained"
+        );
+        assert!(!root.path().join("1a.superseded").exists());
+        let key = sha256_json(&BTreeMap::<String, String>::new());
+        assert!(matches!(
+            manifest.freshness("1a", &key).unwrap(),
+            Freshness::NotRun
+        ));
     }
 
     /// What the stage's work saw: how often it ran, and whether the last run was a resume.
@@ -711,6 +886,7 @@ mod tests {
             options,
             forced,
             &["keep.sqlite"],
+            Ok(()),
             Box::new(move |resume| {
                 probe.calls.set(probe.calls.get() + 1);
                 probe.resumed.set(resume);
@@ -794,7 +970,7 @@ mod tests {
         );
         let resume = Phase1Options {
             resume: true,
-            from: None,
+            ..Phase1Options::default()
         };
         assert_eq!(
             action(stage(&mut manifest, "c", &resume, false, false)),
