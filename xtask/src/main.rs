@@ -286,8 +286,8 @@ const CUDA_HEADER_WHEELS: &[(&str, &str, &str)] = &[
         "2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4",
     ),
 ];
-/// Binaries built with `--features tch` (each forwards it to the llama / embeddings crates).
-/// (package, binary) pairs built with their `tch` feature.
+/// (package, binary) pairs built with their `tch` feature (each forwards it to the llama /
+/// embeddings crates).
 const GPU_BINARIES: &[(&str, &str)] = &[
     ("gpu-bench", "gpu-bench"),
     ("chat", "chat"),

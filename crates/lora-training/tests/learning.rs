@@ -1,6 +1,11 @@
 //! Real learning on the CPU: LoRA on SmolLM2-135M-Instruct over arithmetic questions from the
 //! assets' task pool, answered with the bare number. The base model talks around its answers;
 //! a short run must lower the held-out loss and raise held-out exact match.
+//!
+//! About 3.5 minutes on 2 cores, so it is a recorded run rather than part of CI (docs/benchmarks.md,
+//! "Real learning on the CPU"): `cargo test -p lora-training --test learning -- --ignored
+//! --nocapture`. CI still trains for real through the phase 1A, 1C and loop tests; this one holds
+//! the bar that the training actually teaches.
 
 mod common;
 
@@ -41,6 +46,7 @@ fn exact_match(model: &Pretrained, items: &[(String, String)]) -> f64 {
 }
 
 #[test]
+#[ignore = "a recorded run (about 3.5 minutes on 2 cores): see docs/benchmarks.md"]
 fn lora_on_smollm2_lowers_held_out_loss_and_raises_exact_match() {
     let dir = tempfile::tempdir().unwrap();
     let items = common::arithmetic_items();
