@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use records::distill::{GateDecision, JudgeVerdict, TeacherExample, TrainingExample};
 use records::jsonl::read_jsonl;
-use support::{Fault, FaultServer, ServerConfig};
+use support::{Fault, FaultServer, Record, ServerConfig};
 
 /// Benchmark texts the scripted teacher copies (set before the server starts).
 static PLANTS: OnceLock<Plants> = OnceLock::new();
@@ -41,6 +41,8 @@ const GSM8K_PARAPHRASE: &str = "Every day the ducks that Janet keeps produce six
 
 /// What the targeted template asks the teacher for (followed by the skill's description).
 const TARGETED: &str = "new tasks that exercise the same skill";
+/// What the rationalize template gives the teacher before the gold answer.
+const RATIONALIZE: &str = "The correct final answer is: ";
 
 /// Numbers that differ per request, so the normal examples are distinct across requests.
 fn request_numbers(prompt: &str) -> (u64, u64) {
@@ -60,7 +62,7 @@ fn multiplication_task(prompt: &str) -> String {
 
 fn teacher_reply(prompt: &str) -> String {
     let plants = PLANTS.get().expect("plants set");
-    if let Some(rest) = prompt.split("The correct final answer is: ").nth(1) {
+    if let Some(rest) = prompt.split(RATIONALIZE).nth(1) {
         let gold = rest.lines().next().unwrap_or("").trim();
         return format!("Let us work through the task step by step.\nAnswer: {gold}");
     }
@@ -470,7 +472,10 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
     // 5. The budget cap is a hard stop: ten times the examples, priced, under a cap that pays
     // for a few of the new requests. The run ends cleanly on what was paid for, the ledger's
     // total never passes the cap, and every refused request is counted and reported.
-    const CAP_USD: f64 = 0.6;
+    // A targeted request reserves about $0.4 (its prompt plus max_tokens at $100 per million
+    // tokens) and an answer costs about $0.03: the cap leaves room for a dozen or more answers
+    // of every kind before it refuses, far below the ~$2 the tenfold request needs.
+    const CAP_USD: f64 = 1.0;
     let capped = [
         "generate.total_examples=480",
         "teacher.prices.input_per_mtok=100.0",
@@ -533,7 +538,9 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
     );
     // Everything paid for is kept: each targeted answer delivered in this run is in
     // generated.jsonl (its fourth example, where the prompt asked for at least four), but for
-    // answers the client gave up on after a timeout (counted as abandoned in the ledger).
+    // answers the client gave up on after a timeout (counted as abandoned in the ledger). Which
+    // requests the cap lets through depends on the order answers settle in, so the check is
+    // over those that were paid, and at least one generation answer was.
     let generated: Vec<TeacherExample> = read_jsonl(run.join("generated.jsonl")).unwrap();
     let gate: Vec<GateDecision> = read_jsonl(run.join("gate.jsonl")).unwrap();
     assert_eq!(
@@ -544,25 +551,39 @@ async fn faults_a_kill_and_reruns_never_pay_twice_and_the_gate_catches_every_pla
     let instructions: std::collections::BTreeSet<&str> =
         generated.iter().map(|e| e.instruction.as_str()).collect();
     let asked_for = |prompt: &str| -> usize {
+        // "... Write {count} new tasks that exercise the same skill ..."
         let count = prompt
-            .split("Write ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next().and_then(|n| n.parse().ok()));
+            .split(TARGETED)
+            .next()
+            .and_then(|before| before.split_whitespace().last())
+            .and_then(|n| n.parse().ok());
         count.expect("the targeted prompt says how many tasks it wants")
     };
-    let paid: Vec<String> = server.records()[requests..]
+    let delivered: Vec<Record> = server.records()[requests..]
         .iter()
-        .filter(|r| r.delivered_ok && r.prompt.contains(TARGETED) && asked_for(&r.prompt) >= 4)
-        .map(|r| multiplication_task(&r.prompt))
+        .filter(|r| r.delivered_ok)
+        .cloned()
         .collect();
     assert!(
-        !paid.is_empty(),
-        "no targeted answer was paid for under the cap"
+        delivered
+            .iter()
+            .any(|r| r.prompt.contains(TARGETED) || r.prompt.contains(RATIONALIZE)),
+        "no generation answer was paid for under the cap"
     );
+    let paid: Vec<String> = delivered
+        .iter()
+        .filter(|r| r.prompt.contains(TARGETED) && asked_for(&r.prompt) >= 4)
+        .map(|r| multiplication_task(&r.prompt))
+        .collect();
     let missing = paid
         .iter()
         .filter(|task| !instructions.contains(task.as_str()))
         .count() as u64;
+    println!(
+        "capped rerun: {} answers delivered, {} targeted ones checked, {missing} missing",
+        delivered.len(),
+        paid.len()
+    );
     let abandoned_after = llm_client::Ledger::open(&run.join("teacher-ledger.sqlite"))
         .unwrap()
         .counts()
