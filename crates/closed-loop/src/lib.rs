@@ -451,31 +451,21 @@ pub fn run_rank_stage(config: &Phase1Config, stage_name: &str, resume: bool) -> 
             message: format!("unknown stage `{stage_name}`"),
         })?;
     let stage = &all[index];
-    let rank_of = |name: &str| -> Result<usize> {
-        std::env::var(name)
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .ok_or_else(|| Error::Invalid {
-                origin: RANK_STAGE_ARG.into(),
-                message: format!("{name} is not set to a number: ranks are started by --gpus"),
-            })
-    };
-    let (rank, world) = (rank_of("RANK")?, rank_of("WORLD_SIZE")?);
     match stage.phase {
-        Phase::Train => {
-            let phase_config = config.phase1a_config()?;
-            let device = llama::device::select_device_named(
-                &lora_training::distributed::rank_device(&config.model.device),
-                config.model.precision.as_deref(),
-            )?;
-            let group = lora_training::Group::from_env(&device)?;
-            let options = Phase1aOptions {
-                resume,
-                train_only: false,
-            };
-            lora_training::phase::run_phase1a(&phase_config, &options, &device, &group)?;
-        }
+        Phase::Train => train(config, &config.phase1a_config()?, resume)?,
         Phase::Mine => {
+            let rank_of = |name: &str| -> Result<usize> {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|value| value.parse().ok())
+                    .ok_or_else(|| Error::Invalid {
+                        origin: RANK_STAGE_ARG.into(),
+                        message: format!(
+                            "{name} is not set to a number: ranks are started by --gpus"
+                        ),
+                    })
+            };
+            let (rank, world) = (rank_of("RANK")?, rank_of("WORLD_SIZE")?);
             let phase_config = config.phase1b_config(stage, &model_for(config, &all, index))?;
             let device = lora_training::distributed::rank_device(&phase_config.model.device);
             let graded = failure_mining::phase::grade_shard(&phase_config, rank, world, &device)?;
@@ -488,6 +478,22 @@ pub fn run_rank_stage(config: &Phase1Config, stage_name: &str, resume: bool) -> 
             });
         }
     }
+    Ok(())
+}
+
+/// Phase 1A in this process: alone, or as one rank of `--gpus N` (the device and the NCCL group
+/// come from torchrun's variables when they are set, see [`lora_training::Group::from_env`]).
+fn train(config: &Phase1Config, phase_config: &Phase1aConfig, resume: bool) -> Result<()> {
+    let device = llama::device::select_device_named(
+        &lora_training::distributed::rank_device(&config.model.device),
+        config.model.precision.as_deref(),
+    )?;
+    let group = lora_training::Group::from_env(&device)?;
+    let options = Phase1aOptions {
+        resume,
+        train_only: false,
+    };
+    lora_training::phase::run_phase1a(phase_config, &options, &device, &group)?;
     Ok(())
 }
 
@@ -563,17 +569,7 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
                     if options.gpus > 1 {
                         return launch_ranks(options, stage, resume);
                     }
-                    let device = llama::device::select_device_named(
-                        &config.model.device,
-                        config.model.precision.as_deref(),
-                    )?;
-                    let options = Phase1aOptions {
-                        resume,
-                        train_only: false,
-                    };
-                    let group = lora_training::Group::single();
-                    lora_training::phase::run_phase1a(&phase_config, &options, &device, &group)?;
-                    Ok(())
+                    train(config, &phase_config, resume)
                 };
                 (&[], Box::new(work))
             }
