@@ -117,6 +117,7 @@ pub fn run(options: &Options) -> Result<Value> {
             number: cap,
             exact_text: cap,
             constraints: cap,
+            judge: cap,
         },
     };
 
@@ -129,7 +130,7 @@ pub fn run(options: &Options) -> Result<Value> {
         let results = work_dir.join("warmup.results.jsonl");
         let _ = std::fs::remove_file(&results);
         let started = Instant::now();
-        run_items(&model, &warmup, &results, &run_config)?;
+        run_items(&model, &warmup, &results, &run_config, None)?;
         started.elapsed().as_secs_f64()
     };
     model.reset();
@@ -142,7 +143,7 @@ pub fn run(options: &Options) -> Result<Value> {
     let results = work_dir.join("results.jsonl");
     let _ = std::fs::remove_file(&results);
     let started = Instant::now();
-    let records = run_items(&model, &items, &results, &run_config)?;
+    let records = run_items(&model, &items, &results, &run_config, None)?;
     let run_s = started.elapsed().as_secs_f64();
     if records.len() != items.len() {
         bail!("{} records for {} items", records.len(), items.len());

@@ -14,10 +14,12 @@ use benchmarks::stats::stable_hash;
 use embeddings::SentenceEncoder;
 use failure_mining::grade::grade_reply;
 use failure_mining::leakage::NgramIndex;
-use failure_mining::run::run_items;
+use failure_mining::run::{JudgeSource, run_items_judged};
 use llama::Pretrained;
 use llama::device::select_device_named;
-use llm_client::{ChatRequest, LlmClient, Progress, extract_json, parse_judge_score, with_llm};
+use llm_client::{
+    ChatRequest, LlmClient, LlmSettings, Progress, extract_json, parse_judge_score, with_llm,
+};
 use lora_training::phase::{Phase1aConfig, Phase1aOptions, run_phase1a};
 use lora_training::{DataConfig, Group};
 use records::distill::{
@@ -302,7 +304,13 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
     )?;
 
     // 8. Holdout items, graded with the new model; paired with phase 1B's grades.
-    let after = grade_holdout(config, &device, &trained.merged_dir, &holdout_items)?;
+    let after = grade_holdout(
+        config,
+        &device,
+        &trained.merged_dir,
+        &holdout_items,
+        phase1b.judge.as_ref(),
+    )?;
     let targeted: BTreeSet<usize> = targets
         .iter()
         .filter(|t| t.targeted + t.rationalize > 0)
@@ -1219,12 +1227,15 @@ fn model_device(config: &Phase1cConfig) -> Result<llama::burn::tensor::Device> {
     })
 }
 
-/// Grades the holdout items with the trained model (resumable: `holdout_after.jsonl`).
+/// Grades the holdout items with the trained model (resumable: `holdout_after.jsonl`), open
+/// answers by phase 1B's judge (`judge`; [`Phase1bOutputs::read`] requires it when the holdout
+/// has any), so before and after are graded alike.
 fn grade_holdout(
     config: &Phase1cConfig,
     device: &llama::burn::tensor::Device,
     merged: &Path,
     items: &[&TestItem],
+    judge: Option<&LlmSettings>,
 ) -> Result<BTreeMap<String, bool>> {
     let pretrained = Pretrained::load(merged, device).map_err(lora_training::Error::from)?;
     let model = LocalModel::new(
@@ -1233,11 +1244,17 @@ fn grade_holdout(
         config.holdout.batch_size,
     );
     let items: Vec<TestItem> = items.iter().map(|item| (*item).clone()).collect();
-    let records = run_items(
+    let ledger = config.run_dir.join("judge-ledger.sqlite");
+    let records = run_items_judged(
         &model,
         &items,
         &config.run_dir.join("holdout_after.jsonl"),
         &config.holdout,
+        judge.map(|settings| JudgeSource {
+            settings,
+            ledger: &ledger,
+            device: &config.model.device,
+        }),
     )?;
     Ok(records
         .into_iter()

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use failure_mining::phase::JUDGE_SETTINGS;
+use failure_mining::run::needs_judge;
+use llm_client::LlmSettings;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
 use records::jsonl::read_jsonl;
@@ -25,6 +28,9 @@ pub struct Phase1bOutputs {
     pub holdout: Vec<HoldoutMembership>,
     /// Graded results of the tested model (the "before" of every holdout item).
     pub results: Vec<EvalRecord>,
+    /// The judge that graded the open-answer items (`judge.json`), when the test set has any:
+    /// the holdout's "after" is graded by the same one.
+    pub judge: Option<LlmSettings>,
 }
 
 impl Phase1bOutputs {
@@ -116,6 +122,28 @@ impl Phase1bOutputs {
             .enumerate()
             .map(|(index, item)| (item.id.clone(), index))
             .collect();
+        let judge = match std::fs::read(file(JUDGE_SETTINGS)) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|error| mismatch(JUDGE_SETTINGS, error.to_string()))?,
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(mismatch(JUDGE_SETTINGS, error.to_string())),
+        };
+        // Checked here, before any training: the holdout's "after" needs the same judge.
+        if judge.is_none()
+            && let Some(item) = items
+                .iter()
+                .find(|item| item.split == Split::Holdout && needs_judge(item))
+        {
+            return Err(mismatch(
+                JUDGE_SETTINGS,
+                format!(
+                    "is missing, but holdout item {} is an open answer graded by phase 1B's judge",
+                    item.id
+                ),
+            ));
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             items,
@@ -125,6 +153,7 @@ impl Phase1bOutputs {
             failures: assigned,
             holdout,
             results,
+            judge,
         })
     }
 

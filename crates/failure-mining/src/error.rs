@@ -39,6 +39,9 @@ pub enum Error {
     Config { field: String, message: String },
     #[error("the test set is empty: {0}")]
     EmptyTestSet(String),
+    /// The LLM client (a labeller's or judge's) could not start or answer.
+    #[error(transparent)]
+    Client(#[from] llm_client::Error),
     /// A validation benchmark (for the leakage check) or a model call failed.
     #[error(transparent)]
     Benchmark(Box<benchmarks::Error>),

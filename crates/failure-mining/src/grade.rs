@@ -35,7 +35,7 @@ pub struct Grade {
 }
 
 impl Grade {
-    fn right(extracted: impl Into<String>) -> Self {
+    pub(crate) fn right(extracted: impl Into<String>) -> Self {
         Grade {
             correct: true,
             extracted: Some(extracted.into()),
@@ -43,7 +43,7 @@ impl Grade {
         }
     }
 
-    fn wrong(extracted: Option<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn wrong(extracted: Option<String>, reason: impl Into<String>) -> Self {
         Grade {
             correct: false,
             extracted,
@@ -58,12 +58,10 @@ pub fn grade_reply(grader: &Grader, reply: &str) -> Grade {
     if let Grader::Judge { .. } = grader {
         return Grade::wrong(None, "needs an LLM judge");
     }
-    let Some(text) = strip_reasoning(reply) else {
-        return Grade::wrong(None, "the reply never closes its <think> block");
+    let text = match answer_text(reply) {
+        Ok(text) => text,
+        Err(grade) => return grade,
     };
-    if text.trim().is_empty() {
-        return Grade::wrong(None, "empty reply");
-    }
     match grader {
         Grader::MultipleChoice { choices, answer } => choice::grade(choices, *answer, text),
         Grader::ShortAnswer { aliases } => grade_short_answer(aliases, text),
@@ -105,6 +103,19 @@ fn is_punctuation(c: char) -> bool {
                 | '′'
                 | '″'
         )
+}
+
+/// The part of a reply any grader reads: without its reasoning block, or the wrong grade of a
+/// reply with nothing to read (a `<think>` block never closed, or nothing after it).
+pub(crate) fn answer_text(reply: &str) -> Result<&str, Grade> {
+    match strip_reasoning(reply) {
+        None => Err(Grade::wrong(
+            None,
+            "the reply never closes its <think> block",
+        )),
+        Some(text) if text.trim().is_empty() => Err(Grade::wrong(None, "empty reply")),
+        Some(text) => Ok(text),
+    }
 }
 
 /// The reply without its reasoning block (see the module docs); `None` when it never left it.

@@ -8,6 +8,7 @@ mod error;
 pub mod generate;
 pub mod grade;
 pub mod item;
+pub mod judge;
 pub mod leakage;
 pub mod patterns;
 pub mod phase;

@@ -321,11 +321,13 @@ pub async fn label_patterns<L: ClusterLabeller>(
     outcome
 }
 
-fn collapse(text: &str) -> String {
+/// `text` with every run of whitespace made one space.
+pub(crate) fn collapse(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn clip(text: &str, chars: usize) -> String {
+/// The first `chars` characters of `text`, with `…` where it was cut.
+pub(crate) fn clip(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_string(),

@@ -30,7 +30,7 @@ use crate::patterns::{
     LabelOutcome, PatternConfig, find_patterns, holdout_membership, label_patterns, mine_failures,
 };
 use crate::report::{Phase1bReport, write_report};
-use crate::run::{RunConfig, run_items};
+use crate::run::{JudgeSource, RunConfig, needs_judge, run_items, run_items_judged};
 use crate::testset::{TestSetConfig, build_testset, read_testset, write_testset};
 
 /// The documented default configuration (SmolLM2 on a 240-item test set, labelled by `serve`).
@@ -50,6 +50,10 @@ pub struct Phase1bConfig {
     pub patterns: PatternConfig,
     #[serde(default)]
     pub labels: LabelSection,
+    /// The LLM judge of open-answer items (`testset.open_answer_files`): `serve` or `endpoint`,
+    /// as llm-client's settings. Required when the test set has such items.
+    #[serde(default)]
+    pub judge: Option<LlmSettings>,
     /// The sentence encoder (all-MiniLM-L6-v2 directory).
     pub embedding_model: PathBuf,
 }
@@ -73,6 +77,10 @@ pub struct TestSetSection {
     /// Default: `$TUNELOOP_ASSETS/data`.
     #[serde(default)]
     pub benchmark_data_dir: Option<PathBuf>,
+    /// JSONL files of open-answer items (`{"question", "reference", "family"?}`), taken whole
+    /// on top of `size` and graded by the `[judge]`.
+    #[serde(default)]
+    pub open_answer_files: Vec<PathBuf>,
 }
 
 fn default_seed() -> u64 {
@@ -99,6 +107,7 @@ impl TestSetSection {
                 .benchmark_data_dir
                 .clone()
                 .unwrap_or(defaults.benchmark_data_dir),
+            open_answer_files: self.open_answer_files.clone(),
         }
     }
 }
@@ -205,7 +214,30 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
     let results_path = run_dir.join("results.jsonl");
     merge_shards(run_dir, &results_path)?;
     let model = LazyLocalModel::new(config, None)?;
-    let records = run_items(&model, &items, &results_path, &config.run)?;
+    let open_answers = items.iter().filter(|item| needs_judge(item)).count();
+    let judge = if open_answers == 0 {
+        None
+    } else {
+        let settings = judge_settings(config, open_answers)?;
+        // Phase 1C grades the holdout's open answers after training with this same judge: a
+        // served judge is named by its path, not by "the model under test".
+        let mut json = serde_json::to_vec_pretty(&settings).expect("settings serialise");
+        json.push(b'\n');
+        write_atomic(run_dir.join(JUDGE_SETTINGS), &json)?;
+        Some(settings)
+    };
+    let judge_ledger = run_dir.join("judge-ledger.sqlite");
+    let records = run_items_judged(
+        &model,
+        &items,
+        &results_path,
+        &config.run,
+        judge.as_ref().map(|settings| JudgeSource {
+            settings,
+            ledger: &judge_ledger,
+            device: &config.model.device,
+        }),
+    )?;
     let run_seconds = started.elapsed().as_secs_f64();
 
     let stages_path = run_dir.join("stages.json");
@@ -256,24 +288,32 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
             "{} failures on the mine split; embedding and clustering",
             failures.len()
         );
-        let (patterns, membership, labels) = with_chat_client(config, async |client| {
-            let mut failures = failures;
-            if config.patterns.describe_failures {
-                let Some(client) = &client else {
-                    return Err(Error::Config {
-                        field: "patterns.describe_failures".into(),
-                        message: "needs a model: set labels.labeller to serve or endpoint".into(),
-                    });
-                };
-                describe_failures(client, &mut failures).await;
-            }
-            let mut patterns = find_patterns(&encoder, failures, &config.patterns)?;
-            let membership =
-                holdout_membership(&encoder, &patterns, &items, &records, &config.patterns)?;
-            let labeller = client.map(ChatClusterLabeller::new);
-            let labels = label_patterns(labeller.as_ref(), &mut patterns.analysis.clusters).await;
-            Ok((patterns, membership, labels))
-        })?;
+        let (patterns, membership, labels) = with_client(
+            config,
+            label_settings(&config.labels)?.as_ref(),
+            "labels",
+            &config.run_dir.join("llm-ledger.sqlite"),
+            async |client| {
+                let mut failures = failures;
+                if config.patterns.describe_failures {
+                    let Some(client) = &client else {
+                        return Err(Error::Config {
+                            field: "patterns.describe_failures".into(),
+                            message: "needs a model: set labels.labeller to serve or endpoint"
+                                .into(),
+                        });
+                    };
+                    describe_failures(client, &mut failures).await;
+                }
+                let mut patterns = find_patterns(&encoder, failures, &config.patterns)?;
+                let membership =
+                    holdout_membership(&encoder, &patterns, &items, &records, &config.patterns)?;
+                let labeller = client.map(ChatClusterLabeller::new);
+                let labels =
+                    label_patterns(labeller.as_ref(), &mut patterns.analysis.clusters).await;
+                Ok((patterns, membership, labels))
+            },
+        )?;
         let map_svg =
             clustering::report::render_svg(&patterns.analysis.map, &patterns.analysis.clusters)?;
         write_jsonl_atomic(run_dir.join("failures.jsonl"), &patterns.failures)?;
@@ -335,6 +375,8 @@ pub fn prepare_testset(config: &Phase1bConfig) -> Result<(Vec<TestItem>, TestSet
         "size": testset_config.size, "seed": testset_config.seed,
         "holdout_percent": testset_config.holdout_percent, "families": testset_config.families,
         "ngram": testset_config.ngram,
+        "open_answer_files": testset_config.open_answer_files.iter()
+            .map(|path| sha256_file(path)).collect::<Result<Vec<_>>>()?,
     }));
     if stages.is_current("testset", &testset_inputs) && run_dir.join("testset.jsonl").exists() {
         let (items, manifest) = read_testset(run_dir)?;
@@ -357,7 +399,9 @@ pub fn prepare_testset(config: &Phase1bConfig) -> Result<(Vec<TestItem>, TestSet
 
 /// Grades rank `rank`'s share of the test set (items `i` with `i % world == rank`) into
 /// `results.rank-<rank>.jsonl`, on `device` (e.g. `cuda:<rank>`). The test set must exist
-/// ([`prepare_testset`]); [`run_phase1b`] folds the shards into `results.jsonl`.
+/// ([`prepare_testset`]); [`run_phase1b`] folds the shards into `results.jsonl`. Open-answer
+/// items are left to that merging process, which grades them with the one judge (and ledger)
+/// of the run rather than one judge per rank.
 pub fn grade_shard(
     config: &Phase1bConfig,
     rank: usize,
@@ -367,13 +411,14 @@ pub fn grade_shard(
     let (items, _) = read_testset(&config.run_dir)?;
     let shard: Vec<TestItem> = items
         .into_iter()
+        .filter(|item| !needs_judge(item))
         .enumerate()
         .filter(|(index, _)| index % world == rank)
         .map(|(_, item)| item)
         .collect();
     let model = LazyLocalModel::new(config, Some(device))?;
     let path = config.run_dir.join(format!("results.rank-{rank}.jsonl"));
-    Ok(run_items(&model, &shard, &path, &config.run)?.len())
+    Ok(run_items(&model, &shard, &path, &config.run, None)?.len())
 }
 
 /// Appends the records of every `results.rank-*.jsonl` in `run_dir` that `results.jsonl` lacks.
@@ -489,12 +534,54 @@ impl LanguageModel for LazyLocalModel {
     }
 }
 
-/// Runs `work` with a chat client for the configured labeller (`llm_client::with_llm`: `serve`
-/// is started before and stopped after, also when `work` fails); `keywords` gives no client. A
-/// labeller that cannot start (serve fails to load, an endpoint without its key) is an error
-/// before any work.
-fn with_chat_client<T>(
+/// The labeller's client settings; `None` for `keywords` (no model).
+fn label_settings(labels: &LabelSection) -> Result<Option<LlmSettings>> {
+    match labels.labeller.as_str() {
+        "keywords" => Ok(None),
+        "serve" | "endpoint" => Ok(Some(LlmSettings {
+            kind: labels.labeller.clone(),
+            serve_model: labels.serve_model.clone(),
+            endpoint: labels.endpoint.clone(),
+            budget_usd: labels.budget_usd,
+            ..LlmSettings::default()
+        })),
+        other => Err(Error::Config {
+            field: "labels.labeller".into(),
+            message: format!("unknown `{other}` (accepted: serve, endpoint, keywords)"),
+        }),
+    }
+}
+
+/// The file in a phase 1B run directory holding its judge's settings (no key: only the name of
+/// its environment variable), so phase 1C grades the holdout's open answers the same way.
+pub const JUDGE_SETTINGS: &str = "judge.json";
+
+/// The `[judge]` section, required once the test set has open-answer items; a served judge
+/// without its own model serves the model under test.
+fn judge_settings(config: &Phase1bConfig, open_answers: usize) -> Result<LlmSettings> {
+    let mut settings = config.judge.clone().ok_or_else(|| Error::Config {
+        field: "judge".into(),
+        message: format!(
+            "the test set has {open_answers} open-answer items (testset.open_answer_files); \
+             they are graded by an LLM judge: add a [judge] section (kind = \"serve\" or \
+             \"endpoint\")"
+        ),
+    })?;
+    if settings.kind == "serve" && settings.serve_model.is_none() {
+        settings.serve_model = Some(config.model.path.clone());
+    }
+    Ok(settings)
+}
+
+/// Runs `work` with a client for `settings` (`llm_client::with_llm`: `serve` is started before
+/// and stopped after, also when `work` fails), its answers recorded in `ledger`; no settings
+/// give no client. A client that cannot start (serve fails to load, an endpoint without its
+/// key) is an error naming `field`, before any work.
+fn with_client<T>(
     config: &Phase1bConfig,
+    settings: Option<&LlmSettings>,
+    field: &str,
+    ledger: &Path,
     work: impl AsyncFnOnce(Option<LlmClient>) -> Result<T>,
 ) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -502,53 +589,26 @@ fn with_chat_client<T>(
         .enable_all()
         .build()
         .map_err(io_error(&config.run_dir))?;
-    let labels = &config.labels;
-    match labels.labeller.as_str() {
-        "keywords" => return runtime.block_on(work(None)),
-        "serve" | "endpoint" => {}
-        other => {
-            return Err(Error::Config {
-                field: "labels.labeller".into(),
-                message: format!("unknown `{other}` (accepted: serve, endpoint, keywords)"),
-            });
-        }
-    }
-    let settings = LlmSettings {
-        kind: labels.labeller.clone(),
-        serve_model: labels.serve_model.clone(),
-        endpoint: labels.endpoint.clone(),
-        budget_usd: labels.budget_usd,
-        ..LlmSettings::default()
+    let Some(settings) = settings else {
+        return runtime.block_on(work(None));
     };
     let client_error = |error: llm_client::Error| Error::Config {
-        field: "labels".into(),
+        field: field.to_string(),
         message: error.to_string(),
     };
-    settings.check("labels").map_err(client_error)?;
+    settings.check(field).map_err(client_error)?;
     runtime
         .block_on(with_llm(
-            &settings,
+            settings,
             &config.model.path,
             &config.model.device,
-            &config.run_dir.join("llm-ledger.sqlite"),
-            async |client| work(Some(client)).await.map_err(Wrapped::Phase),
+            ledger,
+            async |client| work(Some(client)).await,
         ))
         .map_err(|error| match error {
-            Wrapped::Phase(error) => error,
-            Wrapped::Client(error) => client_error(error),
+            Error::Client(error) => client_error(error),
+            other => other,
         })
-}
-
-/// The labelling work's own errors kept apart from the client's (starting serve, the ledger).
-enum Wrapped {
-    Phase(Error),
-    Client(llm_client::Error),
-}
-
-impl From<llm_client::Error> for Wrapped {
-    fn from(error: llm_client::Error) -> Self {
-        Wrapped::Client(error)
-    }
 }
 
 /// Asks the model for a one-line description of each failure (what skill failed and how) and
@@ -608,4 +668,33 @@ pub(crate) fn index_records(records: &[EvalRecord]) -> BTreeMap<&str, &EvalRecor
         .iter()
         .map(|record| (record.item_id.as_str(), record))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented `[judge]` example, uncommented, is a valid config.
+    #[test]
+    fn the_documented_judge_section_parses() {
+        let start = DEFAULT_CONFIG.find("# [judge]").expect("documented");
+        let judge: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .map(|line| line.trim_start_matches("# ").split("  #").next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}\n{judge}", &DEFAULT_CONFIG[..start]);
+        let config: Phase1bConfig = pipeline::parse_config(&text, "phase1b.toml", &[]).unwrap();
+        let judge = config.judge.expect("the section is read");
+        assert_eq!(judge.kind, "endpoint");
+        assert_eq!(
+            judge.endpoint.api_key_env.as_deref(),
+            Some("OPENAI_API_KEY")
+        );
+        assert_eq!(judge.budget_usd, Some(5.0));
+        // Absent, there is no judge.
+        let config: Phase1bConfig =
+            pipeline::parse_config(DEFAULT_CONFIG, "phase1b.toml", &[]).unwrap();
+        assert!(config.judge.is_none());
+    }
 }

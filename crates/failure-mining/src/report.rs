@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::patterns::LabelOutcome;
 use crate::phase::{Phase1bConfig, index_items, index_records};
+use crate::run::needs_judge;
 use pipeline::report::{Section, Table, write_report_files};
 
 /// One family's results.
@@ -65,6 +66,12 @@ pub struct Phase1bReport {
     pub labels: LabelOutcome,
     pub manifest: TestSetManifest,
     pub map_svg: String,
+    /// Open-answer items, graded by the LLM judge named here (every other item by an exact
+    /// checker).
+    #[serde(default)]
+    pub judged_items: usize,
+    #[serde(default)]
+    pub judge: Option<String>,
 }
 
 impl Phase1bReport {
@@ -188,6 +195,29 @@ impl Phase1bReport {
             labels,
             manifest: manifest.clone(),
             map_svg,
+            judged_items: items.iter().filter(|item| needs_judge(item)).count(),
+            judge: config
+                .judge
+                .as_ref()
+                .map(|judge| match judge.kind.as_str() {
+                    "serve" => format!(
+                        "`serve` over {}",
+                        judge
+                            .serve_model
+                            .as_ref()
+                            .unwrap_or(&config.model.path)
+                            .display()
+                    ),
+                    _ => format!(
+                        "`{}` at {}",
+                        judge.endpoint.model.as_deref().unwrap_or("(default model)"),
+                        judge
+                            .endpoint
+                            .base_url
+                            .as_deref()
+                            .unwrap_or("(default URL)")
+                    ),
+                }),
         }
     }
 
@@ -216,11 +246,20 @@ impl Phase1bReport {
             table: None,
             ..Section::default()
         });
+        let mut family_notes =
+            vec!["All items of each family, both splits; 95% bootstrap intervals.".to_string()];
+        if self.judged_items > 0 {
+            family_notes.push(format!(
+                "{} open-answer items were graded by the LLM judge {} (each answer recorded in \
+                 judge-ledger.sqlite, its words in results.jsonl); every other item by an exact \
+                 checker.",
+                self.judged_items,
+                self.judge.as_deref().unwrap_or("(unnamed)")
+            ));
+        }
         sections.push(Section {
             title: "Failure rate per family".into(),
-            paragraphs: vec![
-                "All items of each family, both splits; 95% bootstrap intervals.".into(),
-            ],
+            paragraphs: family_notes,
             table: Some(Table {
                 headers: vec![
                     "family".into(),

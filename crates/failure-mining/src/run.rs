@@ -14,12 +14,14 @@ use benchmarks::{
     GenerationRequest, LanguageModel, LoglikelihoodRequest, generate_checked,
     loglikelihood_checked, score_pending,
 };
+use llm_client::{LlmSettings, with_llm};
 use records::eval::{ChatMessage, EvalRecord, Prompt, Role};
 use records::mining::{Grader, TestItem};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::grade::grade_reply;
+use crate::judge::AnswerJudge;
 use crate::pool::letter;
 
 /// The `benchmark` field of phase 1B result records.
@@ -48,6 +50,8 @@ pub struct MaxNewTokens {
     pub number: usize,
     pub exact_text: usize,
     pub constraints: usize,
+    /// Open answers graded by the LLM judge.
+    pub judge: usize,
 }
 
 impl Default for MaxNewTokens {
@@ -58,6 +62,7 @@ impl Default for MaxNewTokens {
             number: 96,
             exact_text: 48,
             constraints: 192,
+            judge: 256,
         }
     }
 }
@@ -69,7 +74,8 @@ impl MaxNewTokens {
             Grader::ShortAnswer { .. } => self.short_answer,
             Grader::Number { .. } => self.number,
             Grader::ExactText { .. } => self.exact_text,
-            Grader::Constraints { .. } | Grader::Judge { .. } => self.constraints,
+            Grader::Constraints { .. } => self.constraints,
+            Grader::Judge { .. } => self.judge,
         }
     }
 }
@@ -98,21 +104,25 @@ impl Default for RunConfig {
 }
 
 /// Runs `model` over `items`, appending to `results` (a JSONL of [`EvalRecord`]s) and skipping
-/// the items it already holds. A results file written by another model or other settings is
+/// the items it already holds. Open-answer items ([`Grader::Judge`]) are graded by `judge`,
+/// which they require. A results file written by another model, judge or other settings is
 /// refused rather than mixed. Returns the records of all `items`, in their order.
 pub fn run_items(
     model: &dyn LanguageModel,
     items: &[TestItem],
     results: &Path,
     config: &RunConfig,
+    judge: Option<&AnswerJudge>,
 ) -> Result<Vec<EvalRecord>> {
-    if let Some(item) = items
-        .iter()
-        .find(|item| matches!(item.grader, Grader::Judge { .. }))
+    if judge.is_none()
+        && let Some(item) = items.iter().find(|item| needs_judge(item))
     {
         return Err(Error::Config {
-            field: format!("family {}", item.family),
-            message: "its items need an LLM judge, which this runner does not call yet".into(),
+            field: "judge".into(),
+            message: format!(
+                "family {} has open-answer items, graded by an LLM judge: configure one",
+                item.family
+            ),
         });
     }
     let loglikelihood = match config.multiple_choice {
@@ -129,12 +139,15 @@ pub fn run_items(
         ChoiceScoring::Loglikelihood => true,
         ChoiceScoring::Generative => false,
     };
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "model": model.name(),
         "multiple_choice": if loglikelihood { "loglikelihood" } else { "generative" },
         "system_prompt": config.system_prompt,
         "max_new_tokens": config.max_new_tokens,
     });
+    if let Some(judge) = judge {
+        settings["judge"] = judge.model().into();
+    }
     let mut log = RecordLog::open(results, &settings).map_err(boxed)?;
     // Items of one grader kind share a token limit: batching them together keeps a batch from
     // running as long as its longest-limit member for everyone.
@@ -146,7 +159,7 @@ pub fn run_items(
         |item| item.id.as_str(),
         &mut log,
         config.batch_size,
-        |batch| score_batch(model, batch, loglikelihood, config),
+        |batch| score_batch(model, batch, loglikelihood, config, judge),
     )
     .map_err(boxed)?;
     let mut by_id: HashMap<String, EvalRecord> = records
@@ -163,11 +176,83 @@ fn boxed(error: benchmarks::Error) -> Error {
     Error::Benchmark(Box::new(error))
 }
 
+/// Where the LLM judge of [`run_items_judged`] comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct JudgeSource<'a> {
+    /// `serve` (naming its `serve_model`) or `endpoint`.
+    pub settings: &'a LlmSettings,
+    /// The ledger its answers are recorded in (a rerun replays them).
+    pub ledger: &'a Path,
+    /// Where a served judge runs (`cpu`, `cuda:0`).
+    pub device: &'a str,
+}
+
+/// [`run_items`] with the judge of `judge` started for it (a served judge before the run and
+/// stopped after it) when `items` hold open answers; without such items no judge is started.
+/// Blocking: starts its own async runtime for the judge's calls.
+pub fn run_items_judged(
+    model: &dyn LanguageModel,
+    items: &[TestItem],
+    results: &Path,
+    config: &RunConfig,
+    judge: Option<JudgeSource>,
+) -> Result<Vec<EvalRecord>> {
+    let Some(judge) = judge.filter(|_| items.iter().any(needs_judge)) else {
+        return run_items(model, items, results, config, None);
+    };
+    let settings = judge.settings;
+    let field_error = |field: &str, message: String| Error::Config {
+        field: format!("judge{field}"),
+        message,
+    };
+    settings
+        .check("judge")
+        .map_err(|error| field_error("", error.to_string()))?;
+    let served_model = match (settings.kind.as_str(), &settings.serve_model) {
+        ("serve", None) => {
+            return Err(field_error(
+                ".serve_model",
+                "a served judge names the model it serves".into(),
+            ));
+        }
+        (_, model) => model.clone().unwrap_or_default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(crate::error::io_error(results))?;
+    runtime
+        .block_on(with_llm(
+            settings,
+            &served_model,
+            judge.device,
+            judge.ledger,
+            async |client| {
+                let judge = AnswerJudge::new(client, tokio::runtime::Handle::current());
+                // The runner blocks on the judge's calls; this thread leaves the runtime for it.
+                tokio::task::block_in_place(|| {
+                    run_items(model, items, results, config, Some(&judge))
+                })
+            },
+        ))
+        .map_err(|error| match error {
+            Error::Client(error) => field_error("", error.to_string()),
+            other => other,
+        })
+}
+
+/// Whether `item` is graded by the LLM judge.
+pub fn needs_judge(item: &TestItem) -> bool {
+    matches!(item.grader, Grader::Judge { .. })
+}
+
 fn score_batch(
     model: &dyn LanguageModel,
     batch: &[&&TestItem],
     loglikelihood: bool,
     config: &RunConfig,
+    judge: Option<&AnswerJudge>,
 ) -> benchmarks::Result<Vec<EvalRecord>> {
     let (by_likelihood, by_generation): (Vec<usize>, Vec<usize>) = (0..batch.len())
         .partition(|&i| loglikelihood && matches!(batch[i].grader, Grader::MultipleChoice { .. }));
@@ -184,9 +269,30 @@ fn score_batch(
         })
         .collect();
     let outputs = generate_checked(model, &requests)?;
+    let judged: Vec<(&TestItem, &str)> = by_generation
+        .iter()
+        .zip(&outputs)
+        .filter(|&(&i, _)| needs_judge(batch[i]))
+        .map(|(&i, output)| (*batch[i], output.as_str()))
+        .collect();
+    let mut judge_grades = match (judged.is_empty(), judge) {
+        (true, _) => Vec::new(),
+        (false, Some(judge)) => judge
+            .grade(&judged)
+            .map_err(|error| benchmarks::Error::Model {
+                model: judge.model().to_string(),
+                source: error.into(),
+            })?,
+        (false, None) => unreachable!("run_items refuses judge items without a judge"),
+    }
+    .into_iter();
     for ((&i, request), output) in by_generation.iter().zip(requests).zip(outputs) {
         let item = batch[i];
-        let grade = grade_reply(&item.grader, &output);
+        let grade = if needs_judge(item) {
+            judge_grades.next().expect("one grade per judged item")
+        } else {
+            grade_reply(&item.grader, &output)
+        };
         records[i] = Some(record(
             item,
             "generative",

@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::generate;
 use crate::item::ItemDraft;
+use crate::judge::read_open_answers;
 use crate::leakage::NgramIndex;
+use crate::patterns::clip;
 use crate::pool::{POOL_FAMILIES, pool_family};
 
 /// How a test set is built.
@@ -37,6 +39,9 @@ pub struct TestSetConfig {
     pub pool_dir: PathBuf,
     /// Where MMLU, GSM8K and HumanEval are (`assets/data`).
     pub benchmark_data_dir: PathBuf,
+    /// JSONL files of open-answer items (question + reference, graded by an LLM judge), taken
+    /// whole on top of `size` after the same leakage check and deduplication.
+    pub open_answer_files: Vec<PathBuf>,
 }
 
 impl TestSetConfig {
@@ -51,16 +56,13 @@ impl TestSetConfig {
             ngram: 13,
             pool_dir: data.pool(),
             benchmark_data_dir: data.data(),
+            open_answer_files: Vec::new(),
         }
     }
 
     /// The families this config builds from, checked against the known ones.
     pub fn family_names(&self) -> Result<Vec<String>> {
-        let known: Vec<&str> = POOL_FAMILIES
-            .iter()
-            .map(|family| family.name)
-            .chain(generate::FAMILIES.iter().copied())
-            .collect();
+        let known = builtin_families();
         let Some(chosen) = &self.families else {
             return Ok(known.iter().map(|name| name.to_string()).collect());
         };
@@ -74,6 +76,15 @@ impl TestSetConfig {
         }
         Ok(chosen.clone())
     }
+}
+
+/// The pool and generated families, each with its exact grader.
+pub fn builtin_families() -> Vec<&'static str> {
+    POOL_FAMILIES
+        .iter()
+        .map(|family| family.name)
+        .chain(generate::FAMILIES.iter().copied())
+        .collect()
 }
 
 /// Which split an id falls in: a hash of the id alone (no seed), so an item stays on its side
@@ -129,7 +140,7 @@ pub fn build_testset(config: &TestSetConfig) -> Result<(Vec<TestItem>, TestSetMa
                     leakage.examples.push(format!(
                         "{} ({benchmark}): {}",
                         draft.family,
-                        truncate(&draft.question, 160)
+                        clip(&draft.question, 160)
                     ));
                 }
                 continue;
@@ -191,17 +202,39 @@ pub fn build_testset(config: &TestSetConfig) -> Result<(Vec<TestItem>, TestSetMa
             items.push(draft.into_item(id, split));
         }
     }
+    let sampled = items.len();
+    // Open-answer files are taken whole: a user's own questions are not sampled away.
+    for path in &config.open_answer_files {
+        let mut by_family: BTreeMap<String, Vec<ItemDraft>> = BTreeMap::new();
+        for draft in read_open_answers(path, &builtin_families())? {
+            by_family
+                .entry(draft.family.clone())
+                .or_default()
+                .push(draft);
+        }
+        for (name, drafts) in by_family {
+            let entry = counts.entry(name).or_default();
+            entry.available += drafts.len();
+            for (id, draft) in clean(drafts, entry) {
+                let split = split_of(&id, config.holdout_percent);
+                match split {
+                    Split::Mine => entry.mine += 1,
+                    Split::Holdout => entry.holdout += 1,
+                }
+                items.push(draft.into_item(id, split));
+            }
+        }
+    }
     if items.is_empty() {
         return Err(Error::EmptyTestSet(format!(
             "no usable items in families {}",
             families.join(", ")
         )));
     }
-    if items.len() < config.size {
+    if sampled < config.size {
         notes.push(format!(
-            "{} items asked for, {} available after the leakage check and deduplication",
+            "{} items asked for, {sampled} available after the leakage check and deduplication",
             config.size,
-            items.len()
         ));
     }
     let manifest = TestSetManifest {
@@ -287,13 +320,6 @@ pub fn read_testset(dir: &Path) -> Result<(Vec<TestItem>, TestSetManifest)> {
         });
     }
     Ok((items, manifest))
-}
-
-fn truncate(text: &str, chars: usize) -> String {
-    match text.char_indices().nth(chars) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]
