@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use failure_mining::phase::JUDGE_SETTINGS;
-use failure_mining::run::needs_judge;
+use failure_mining::phase::read_judge_settings;
 use llm_client::LlmSettings;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
@@ -122,28 +121,8 @@ impl Phase1bOutputs {
             .enumerate()
             .map(|(index, item)| (item.id.clone(), index))
             .collect();
-        let judge = match std::fs::read(file(JUDGE_SETTINGS)) {
-            Ok(bytes) => Some(
-                serde_json::from_slice(&bytes)
-                    .map_err(|error| mismatch(JUDGE_SETTINGS, error.to_string()))?,
-            ),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(mismatch(JUDGE_SETTINGS, error.to_string())),
-        };
-        // Checked here, before any training: the holdout's "after" needs the same judge.
-        if judge.is_none()
-            && let Some(item) = items
-                .iter()
-                .find(|item| item.split == Split::Holdout && needs_judge(item))
-        {
-            return Err(mismatch(
-                JUDGE_SETTINGS,
-                format!(
-                    "is missing, but holdout item {} is an open answer graded by phase 1B's judge",
-                    item.id
-                ),
-            ));
-        }
+        // Before any training: the holdout's "after" needs phase 1B's judge.
+        let judge = read_judge_settings(dir, &items)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             items,

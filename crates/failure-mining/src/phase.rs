@@ -21,7 +21,7 @@ use pipeline::ModelSection;
 use records::clusters::{ClusterAssignment, ClusterRecord};
 use records::eval::EvalRecord;
 use records::jsonl::{read_jsonl, write_atomic, write_jsonl_atomic};
-use records::mining::{FailureRecord, HoldoutMembership, TestItem, TestSetManifest};
+use records::mining::{FailureRecord, HoldoutMembership, Split, TestItem, TestSetManifest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -219,11 +219,7 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
         None
     } else {
         let settings = judge_settings(config, open_answers)?;
-        // Phase 1C grades the holdout's open answers after training with this same judge: a
-        // served judge is named by its path, not by "the model under test".
-        let mut json = serde_json::to_vec_pretty(&settings).expect("settings serialise");
-        json.push(b'\n');
-        write_atomic(run_dir.join(JUDGE_SETTINGS), &json)?;
+        write_judge_settings(run_dir, &settings)?;
         Some(settings)
     };
     let judge_ledger = run_dir.join("judge-ledger.sqlite");
@@ -556,9 +552,51 @@ fn label_settings(labels: &LabelSection) -> Result<Option<LlmSettings>> {
 /// its environment variable), so phase 1C grades the holdout's open answers the same way.
 pub const JUDGE_SETTINGS: &str = "judge.json";
 
+/// Keeps the judge's settings in `run_dir` for phase 1C, which grades the holdout's open answers
+/// after training with this same judge ([`read_judge_settings`]).
+fn write_judge_settings(run_dir: &Path, settings: &LlmSettings) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(settings).expect("settings serialise");
+    json.push(b'\n');
+    Ok(write_atomic(run_dir.join(JUDGE_SETTINGS), &json)?)
+}
+
+/// The judge that graded the open answers of the phase 1B run in `run_dir` (`None` when it had
+/// none). A run whose holdout (`items`) has open answers but no judge settings is an error: its
+/// "after" could not be graded like its "before".
+pub fn read_judge_settings(run_dir: &Path, items: &[TestItem]) -> Result<Option<LlmSettings>> {
+    let path = run_dir.join(JUDGE_SETTINGS);
+    let settings = match std::fs::read(&path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes).map_err(|error| Error::PoolRow {
+                path: path.clone(),
+                line: error.line(),
+                message: error.to_string(),
+            })?,
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(io_error(&path)(error)),
+    };
+    if settings.is_none()
+        && let Some(item) = items
+            .iter()
+            .find(|item| item.split == Split::Holdout && needs_judge(item))
+    {
+        return Err(Error::Config {
+            field: path.display().to_string(),
+            message: format!(
+                "missing, but holdout item {} is an open answer graded by phase 1B's judge",
+                item.id
+            ),
+        });
+    }
+    Ok(settings)
+}
+
 /// The `[judge]` section, required once the test set has open-answer items; a served judge
 /// without its own model serves the model under test.
 fn judge_settings(config: &Phase1bConfig, open_answers: usize) -> Result<LlmSettings> {
+    // A served judge is named by its path, not by "the model under test", so phase 1C serves
+    // the same model.
     let mut settings = config.judge.clone().ok_or_else(|| Error::Config {
         field: "judge".into(),
         message: format!(

@@ -19,7 +19,9 @@ use std::path::Path;
 
 use benchmarks::LocalModel;
 use failure_mining::judge::OPEN_ANSWER_FAMILY;
-use failure_mining::phase::{DEFAULT_CONFIG, JUDGE_SETTINGS, Phase1bConfig, run_phase1b};
+use failure_mining::phase::{
+    DEFAULT_CONFIG, JUDGE_SETTINGS, Phase1bConfig, read_judge_settings, run_phase1b,
+};
 use failure_mining::run::{JudgeSource, run_items_judged};
 use llama::Pretrained;
 use llama::burn::tensor::Device;
@@ -199,8 +201,7 @@ fn open_answers_are_judged_once_through_faults_and_replayed_on_a_rerun() {
     // Phase 1C's copy of the judge names the endpoint, and grading the holdout's open answers
     // with it (as 1C does after training, into its own results and ledger) gives the same
     // verdicts for the same replies.
-    let settings: LlmSettings =
-        serde_json::from_slice(&std::fs::read(run.join(JUDGE_SETTINGS)).unwrap()).unwrap();
+    let settings: LlmSettings = read_judge_settings(&run, &items).unwrap().unwrap();
     assert_eq!(settings.kind, "endpoint");
     assert_eq!(settings.endpoint.model.as_deref(), Some("scripted-judge"));
     let holdout: Vec<TestItem> = items
@@ -237,6 +238,17 @@ fn open_answers_are_judged_once_through_faults_and_replayed_on_a_rerun() {
             (before.correct, &before.detail)
         );
     }
+
+    // Without judge.json, phase 1C could not grade those holdout items alike: refused.
+    let kept = std::fs::read(run.join(JUDGE_SETTINGS)).unwrap();
+    std::fs::remove_file(run.join(JUDGE_SETTINGS)).unwrap();
+    let error = read_judge_settings(&run, &items).unwrap_err().to_string();
+    assert!(
+        error.contains(JUDGE_SETTINGS) && error.contains("is an open answer"),
+        "{error}"
+    );
+    assert!(read_judge_settings(&run, &[]).unwrap().is_none());
+    std::fs::write(run.join(JUDGE_SETTINGS), kept).unwrap();
 
     // A rerun that lost its results grades everything again; the judge is not called again.
     std::fs::remove_file(run.join("results.jsonl")).unwrap();
