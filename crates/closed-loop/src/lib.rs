@@ -367,16 +367,6 @@ pub struct Phase1Outcome {
     pub report_html: PathBuf,
 }
 
-/// Files phase 1C keeps across a rerun of its stage: its paid-call ledgers.
-const LEDGER_FILES: &[&str] = &[
-    "teacher-ledger.sqlite",
-    "teacher-ledger.sqlite-wal",
-    "teacher-ledger.sqlite-shm",
-    "judge-ledger.sqlite",
-    "judge-ledger.sqlite-wal",
-    "judge-ledger.sqlite-shm",
-];
-
 /// Outputs each phase's stage records in the manifest (hashed: editing one reruns the stage).
 fn stage_outputs(phase: Phase) -> &'static [&'static str] {
     match phase {
@@ -587,7 +577,7 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
                     failure_mining::run_phase1b(&phase_config)?;
                     Ok(())
                 };
-                (&[], Box::new(work))
+                (failure_mining::phase::LEDGERS, Box::new(work))
             }
             Phase::Distill => {
                 let phase_config = config.phase1c_config(stage, &model)?;
@@ -616,7 +606,7 @@ pub fn run_phase1(config: &Phase1Config, options: &Phase1Options) -> Result<Phas
                     distillation::run_phase1c(&phase_config)?;
                     Ok(())
                 };
-                (LEDGER_FILES, Box::new(work))
+                (distillation::phase::LEDGERS, Box::new(work))
             }
         };
         let outcome = run_stage(
@@ -754,7 +744,8 @@ fn run_stage(
 }
 
 /// Moves a stage's previous directory to `<dir>.superseded` (replacing an older one) so the
-/// stage starts clean, carrying over the `keep` files (phase 1C's ledgers).
+/// stage starts clean, carrying over the `keep` files (the phases' paid-call ledgers), each with
+/// its SQLite `-wal` and `-shm` companions when present.
 fn supersede(dir: &Path, keep: &[&str]) -> Result<()> {
     if !dir.exists() {
         return Ok(());
@@ -768,9 +759,15 @@ fn supersede(dir: &Path, keep: &[&str]) -> Result<()> {
     std::fs::rename(dir, &old).map_err(io_error(dir))?;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     for name in keep {
-        let from = old.join(name);
-        if from.exists() {
-            std::fs::copy(&from, dir.join(name)).map_err(io_error(&from))?;
+        for file in [
+            name.to_string(),
+            format!("{name}-wal"),
+            format!("{name}-shm"),
+        ] {
+            let from = old.join(&file);
+            if from.exists() {
+                std::fs::copy(&from, dir.join(&file)).map_err(io_error(&from))?;
+            }
         }
     }
     tracing::info!("previous {} kept as {}", dir.display(), old.display());
@@ -928,8 +925,9 @@ mod tests {
         assert_eq!(probe.calls.get(), 1);
 
         // An output edited by hand: the stage reruns in a clean directory, the old one kept
-        // aside, the kept file (a ledger) carried over.
+        // aside, the kept file (a ledger) carried over with its write-ahead log.
         std::fs::write(dir.join("failures.jsonl"), "{\"edited\": true}\n").unwrap();
+        std::fs::write(dir.join("keep.sqlite-wal"), "pending pages").unwrap();
         let outcome = stage(&mut manifest, "a", &plain, false, false).unwrap();
         assert_eq!(outcome.action, "ran");
         assert!(
@@ -942,6 +940,11 @@ mod tests {
             std::fs::read_to_string(dir.join("keep.sqlite")).unwrap(),
             "xx"
         );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("keep.sqlite-wal")).unwrap(),
+            "pending pages"
+        );
+        assert!(!dir.join("keep.sqlite-shm").exists());
         assert!(!probe.resumed.get());
 
         // New inputs rerun it; --from reruns it whatever the manifest says.

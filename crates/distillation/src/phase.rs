@@ -41,6 +41,14 @@ use crate::report::{Phase1cReport, write_report};
 use crate::targets::{Phase1bOutputs, allocate};
 use crate::template::Template;
 
+/// The ledgers of a phase 1C run directory, each holding one role's paid answers: the teacher's,
+/// the example judge's, and phase 1B's judge grading the holdout's open answers after training.
+/// A rerun of the stage carries them over, so it never pays twice.
+pub const TEACHER_LEDGER: &str = "teacher-ledger.sqlite";
+pub const JUDGE_LEDGER: &str = "judge-ledger.sqlite";
+pub const HOLDOUT_JUDGE_LEDGER: &str = "holdout-judge-ledger.sqlite";
+pub const LEDGERS: &[&str] = &[TEACHER_LEDGER, JUDGE_LEDGER, HOLDOUT_JUDGE_LEDGER];
+
 /// What phase 1C aims at, per pattern.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterTarget {
@@ -116,7 +124,7 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
         funnels.values().map(|f| f.requested).sum::<usize>(),
         targets.len()
     );
-    let teacher_ledger = run_dir.join("teacher-ledger.sqlite");
+    let teacher_ledger = run_dir.join(TEACHER_LEDGER);
     let (generated, verified, teacher_model) = runtime.block_on(with_llm(
         &config.teacher,
         &config.model.path,
@@ -154,7 +162,7 @@ pub fn run_phase1c(config: &Phase1cConfig) -> Result<Phase1cOutcome> {
     );
 
     // 3. Judge.
-    let judge_ledger = run_dir.join("judge-ledger.sqlite");
+    let judge_ledger = run_dir.join(JUDGE_LEDGER);
     let (verdicts, judge_model, calibration) = runtime.block_on(with_llm(
         &config.judge.llm,
         &config.model.path,
@@ -1244,7 +1252,8 @@ fn grade_holdout(
         config.holdout.batch_size,
     );
     let items: Vec<TestItem> = items.iter().map(|item| (*item).clone()).collect();
-    let ledger = config.run_dir.join("judge-ledger.sqlite");
+    // Not the examples' judge ledger: its budget and the report's counts are the examples'.
+    let ledger = config.run_dir.join(HOLDOUT_JUDGE_LEDGER);
     let records = run_items_judged(
         &model,
         &items,

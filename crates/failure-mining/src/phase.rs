@@ -222,7 +222,7 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
         write_judge_settings(run_dir, &settings)?;
         Some(settings)
     };
-    let judge_ledger = run_dir.join("judge-ledger.sqlite");
+    let judge_ledger = run_dir.join(JUDGE_LEDGER);
     let records = run_items_judged(
         &model,
         &items,
@@ -285,10 +285,11 @@ pub fn run_phase1b(config: &Phase1bConfig) -> Result<Phase1bOutcome> {
             failures.len()
         );
         let (patterns, membership, labels) = with_client(
-            config,
             label_settings(&config.labels)?.as_ref(),
             "labels",
-            &config.run_dir.join("llm-ledger.sqlite"),
+            &config.model.path,
+            &config.model.device,
+            &run_dir.join(LABEL_LEDGER),
             async |client| {
                 let mut failures = failures;
                 if config.patterns.describe_failures {
@@ -548,6 +549,12 @@ fn label_settings(labels: &LabelSection) -> Result<Option<LlmSettings>> {
     }
 }
 
+/// The ledgers of a phase 1B run directory: the labeller's and the judge's paid answers (a
+/// rerun of the stage carries them over, so it never pays twice).
+pub const LABEL_LEDGER: &str = "llm-ledger.sqlite";
+pub const JUDGE_LEDGER: &str = "judge-ledger.sqlite";
+pub const LEDGERS: &[&str] = &[LABEL_LEDGER, JUDGE_LEDGER];
+
 /// The file in a phase 1B run directory holding its judge's settings (no key: only the name of
 /// its environment variable), so phase 1C grades the holdout's open answers the same way.
 pub const JUDGE_SETTINGS: &str = "judge.json";
@@ -611,14 +618,16 @@ fn judge_settings(config: &Phase1bConfig, open_answers: usize) -> Result<LlmSett
     Ok(settings)
 }
 
-/// Runs `work` with a client for `settings` (`llm_client::with_llm`: `serve` is started before
-/// and stopped after, also when `work` fails), its answers recorded in `ledger`; no settings
-/// give no client. A client that cannot start (serve fails to load, an endpoint without its
-/// key) is an error naming `field`, before any work.
-fn with_client<T>(
-    config: &Phase1bConfig,
+/// Runs `work` with a client for `settings` (`llm_client::with_llm`: `serve` over its
+/// `serve_model`, else `default_model`, on `device`, started before and stopped after, also
+/// when `work` fails), its answers recorded in `ledger`; no settings give no client. A client
+/// that cannot start (serve fails to load, an endpoint without its key) is an error naming
+/// `field`, before any work. Blocking: runs on its own async runtime.
+pub(crate) fn with_client<T>(
     settings: Option<&LlmSettings>,
     field: &str,
+    default_model: &Path,
+    device: &str,
     ledger: &Path,
     work: impl AsyncFnOnce(Option<LlmClient>) -> Result<T>,
 ) -> Result<T> {
@@ -626,7 +635,7 @@ fn with_client<T>(
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(io_error(&config.run_dir))?;
+        .map_err(io_error(ledger))?;
     let Some(settings) = settings else {
         return runtime.block_on(work(None));
     };
@@ -638,8 +647,8 @@ fn with_client<T>(
     runtime
         .block_on(with_llm(
             settings,
-            &config.model.path,
-            &config.model.device,
+            default_model,
+            device,
             ledger,
             async |client| work(Some(client)).await,
         ))

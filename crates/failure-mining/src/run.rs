@@ -14,7 +14,7 @@ use benchmarks::{
     GenerationRequest, LanguageModel, LoglikelihoodRequest, generate_checked,
     loglikelihood_checked, score_pending,
 };
-use llm_client::{LlmSettings, with_llm};
+use llm_client::LlmSettings;
 use records::eval::{ChatMessage, EvalRecord, Prompt, Role};
 use records::mining::{Grader, TestItem};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::grade::grade_reply;
 use crate::judge::AnswerJudge;
+use crate::phase::with_client;
 use crate::pool::letter;
 
 /// The `benchmark` field of phase 1B result records.
@@ -200,46 +201,27 @@ pub fn run_items_judged(
     let Some(judge) = judge.filter(|_| items.iter().any(needs_judge)) else {
         return run_items(model, items, results, config, None);
     };
-    let settings = judge.settings;
-    let field_error = |field: &str, message: String| Error::Config {
-        field: format!("judge{field}"),
-        message,
-    };
-    settings
-        .check("judge")
-        .map_err(|error| field_error("", error.to_string()))?;
-    let served_model = match (settings.kind.as_str(), &settings.serve_model) {
-        ("serve", None) => {
-            return Err(field_error(
-                ".serve_model",
-                "a served judge names the model it serves".into(),
-            ));
-        }
-        (_, model) => model.clone().unwrap_or_default(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(crate::error::io_error(results))?;
-    runtime
-        .block_on(with_llm(
-            settings,
-            &served_model,
-            judge.device,
-            judge.ledger,
-            async |client| {
-                let judge = AnswerJudge::new(client, tokio::runtime::Handle::current());
-                // The runner blocks on the judge's calls; this thread leaves the runtime for it.
-                tokio::task::block_in_place(|| {
-                    run_items(model, items, results, config, Some(&judge))
-                })
-            },
-        ))
-        .map_err(|error| match error {
-            Error::Client(error) => field_error("", error.to_string()),
-            other => other,
-        })
+    // A served judge names its model (phase 1B resolves it); an endpoint names its own.
+    if judge.settings.kind == "serve" && judge.settings.serve_model.is_none() {
+        return Err(Error::Config {
+            field: "judge.serve_model".into(),
+            message: "a served judge names the model it serves".into(),
+        });
+    }
+    let served_model = judge.settings.serve_model.clone().unwrap_or_default();
+    with_client(
+        Some(judge.settings),
+        "judge",
+        &served_model,
+        judge.device,
+        judge.ledger,
+        async |client| {
+            let client = client.expect("judge settings give a client");
+            let judge = AnswerJudge::new(client, tokio::runtime::Handle::current());
+            // The runner blocks on the judge's calls; this thread leaves the runtime for it.
+            tokio::task::block_in_place(|| run_items(model, items, results, config, Some(&judge)))
+        },
+    )
 }
 
 /// Whether `item` is graded by the LLM judge.
