@@ -310,6 +310,7 @@ mod tests {
             ("generate.strategies=[\"distill\"]", "generate.strategies"),
             ("judge.threshold=11", "judge.threshold"),
             ("teacher.kind=\"ollama\"", "teacher.kind"),
+            ("teacher.batch.poll_s=60", "teacher.batch"),
             ("mix.teacher_fraction=0", "mix.teacher_fraction"),
             (
                 "decontaminate.embedding_sources=[\"mbpp\"]",

@@ -55,7 +55,15 @@ impl LlmClient {
     /// Runs all requests (concurrency, rate limits and budget as configured) and returns one
     /// result per request in input order. Finished requests come from the ledger, so rerunning
     /// an interrupted batch pays only for what did not finish.
+    ///
+    /// With [`crate::ClientConfig::provider_batch`] set, the requests go through the
+    /// provider's Batch API instead (see [`crate::ProviderBatch`]): same ledger, budget and
+    /// results, at the batch price, answered within the batch's completion window.
     pub async fn chat_batch(&self, requests: Vec<ChatRequest>, progress: Progress) -> BatchReport {
+        if let Some(settings) = &self.config().provider_batch {
+            let calls = requests.into_iter().map(|r| self.chat_call(r)).collect();
+            return self.provider_batch(calls, progress, settings).await;
+        }
         self.batch(requests, progress, |client, request| async move {
             client.chat(request).await
         })
@@ -68,6 +76,13 @@ impl LlmClient {
         requests: Vec<CompletionRequest>,
         progress: Progress,
     ) -> BatchReport {
+        if let Some(settings) = &self.config().provider_batch {
+            let calls = requests
+                .into_iter()
+                .map(|r| self.completion_call(r))
+                .collect();
+            return self.provider_batch(calls, progress, settings).await;
+        }
         self.batch(requests, progress, |client, request| async move {
             client.completion(request).await
         })
@@ -131,6 +146,17 @@ impl LlmClient {
             bar.inc(1);
         }
         bar.finish();
+        self.batch_report(results, started, spent_before)
+    }
+
+    /// The report of a batch: one result per request (an index without one is reported lost),
+    /// counted, with the spend since `spent_before`.
+    pub(crate) fn batch_report(
+        &self,
+        results: Vec<Option<Result<ChatResponse>>>,
+        started: Instant,
+        spent_before: f64,
+    ) -> BatchReport {
         let results = results
             .into_iter()
             .enumerate()
@@ -167,7 +193,7 @@ impl LlmClient {
     }
 }
 
-fn progress_bar(len: u64, progress: Progress) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, progress: Progress) -> ProgressBar {
     let visible = progress == Progress::Auto && std::io::stderr().is_terminal();
     let target = if visible {
         ProgressDrawTarget::stderr()

@@ -53,7 +53,7 @@ pub trait ChatBackend: Send + Sync {
 /// OpenAI-compatible chat client with a durable ledger. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct LlmClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -64,14 +64,14 @@ impl std::fmt::Debug for LlmClient {
     }
 }
 
-struct Inner {
-    config: ClientConfig,
-    http: reqwest::Client,
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    pub(crate) http: reqwest::Client,
     /// The endpoint's base URL without a trailing slash; a call's route is appended.
-    base_url: String,
-    ledger: Ledger,
-    budget: Budget,
-    prices: Option<Prices>,
+    pub(crate) base_url: String,
+    pub(crate) ledger: Ledger,
+    pub(crate) budget: Budget,
+    pub(crate) prices: Option<Prices>,
     rpm: Option<RateLimiter>,
     tpm: Option<RateLimiter>,
     slots: Semaphore,
@@ -80,13 +80,13 @@ struct Inner {
     /// Set by the first `insufficient_quota`: later requests fail without being sent.
     quota_exhausted: Mutex<Option<(u16, String)>>,
     /// Cleared when the server rejects `response_format: json_schema`.
-    native_schema: AtomicBool,
+    pub(crate) native_schema: AtomicBool,
 }
 
 /// An attempt that did not produce an answer.
-struct Failure {
-    error: Error,
-    retry_after: Option<Duration>,
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) retry_after: Option<Duration>,
     /// Retry at once without counting the attempt (the request changes shape, e.g. schema
     /// moved into the prompt).
     resend_now: bool,
@@ -188,6 +188,12 @@ impl LlmClient {
     /// limits and retries as [`LlmClient::chat`]. With `echo` the answer's text (and its
     /// log-probabilities, when asked) start with the prompt.
     pub async fn completion(&self, request: CompletionRequest) -> Result<ChatResponse> {
+        let call = self.completion_call(request)?;
+        self.run(call, None).await
+    }
+
+    /// A text completion with the client's defaults, checked before anything is recorded.
+    pub(crate) fn completion_call(&self, request: CompletionRequest) -> Result<Call> {
         let request = self.effective_completion(request);
         if request.prompt.is_empty() {
             return Err(Error::Config {
@@ -201,7 +207,7 @@ impl LlmClient {
                 reason: "0 is only meaningful with echo (scoring the prompt)".into(),
             });
         }
-        self.run(Call::Completion(request), None).await
+        Ok(Call::Completion(request))
     }
 
     /// Answers one request: from the ledger if it finished before, else over HTTP with retries.
@@ -229,6 +235,19 @@ impl LlmClient {
         request: ChatRequest,
         sink: Option<Sink<'_, '_>>,
     ) -> Result<ChatResponse> {
+        let call = self.chat_call(request)?;
+        if sink.is_some() && call.logprobs_asked() {
+            return Err(Error::Config {
+                field: "logprobs".into(),
+                reason: "log-probabilities are collected from non-streamed answers only; use chat"
+                    .into(),
+            });
+        }
+        self.run(call, sink).await
+    }
+
+    /// A chat request with the client's defaults, checked before anything is recorded.
+    pub(crate) fn chat_call(&self, request: ChatRequest) -> Result<Call> {
         let request = self.effective_request(request);
         if request.messages.is_empty() {
             return Err(Error::Config {
@@ -236,14 +255,7 @@ impl LlmClient {
                 reason: "a chat request needs at least one message".into(),
             });
         }
-        if sink.is_some() && request.logprobs.is_some() {
-            return Err(Error::Config {
-                field: "logprobs".into(),
-                reason: "log-probabilities are collected from non-streamed answers only; use chat"
-                    .into(),
-            });
-        }
-        self.run(Call::Chat(request), sink).await
+        Ok(Call::Chat(request))
     }
 
     /// One call, sent at most once at a time per hash: identical calls in flight together
@@ -337,7 +349,7 @@ impl LlmClient {
     }
 
     /// Exponential backoff with equal jitter, never shorter than the server's Retry-After.
-    fn retry_delay(&self, retry_number: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn retry_delay(&self, retry_number: u32, retry_after: Option<Duration>) -> Duration {
         let backoff = &self.inner.config.backoff;
         let exp = backoff
             .initial
@@ -429,26 +441,32 @@ impl LlmClient {
     ) -> Result<reqwest::RequestBuilder> {
         let inner = &self.inner;
         let body = request.wire_body(&inner.config.endpoint, native_schema, stream);
-        let mut builder = inner
+        let builder = inner
             .http
             .post(format!("{}{}", inner.base_url, request.path()))
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(key) = &inner.config.endpoint.api_key {
-            match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    builder = builder.header(AUTHORIZATION, value);
-                }
-                Err(_) => {
-                    return Err(Error::Config {
-                        field: "api_key".into(),
-                        reason: "contains characters not allowed in an HTTP header".into(),
-                    });
-                }
+        self.with_key(builder)
+    }
+
+    /// The request with the endpoint's key as a bearer token (marked sensitive, never logged).
+    pub(crate) fn with_key(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder> {
+        let Some(key) = &self.inner.config.endpoint.api_key else {
+            return Ok(builder);
+        };
+        match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                Ok(builder.header(AUTHORIZATION, value))
             }
+            Err(_) => Err(Error::Config {
+                field: "api_key".into(),
+                reason: "contains characters not allowed in an HTTP header".into(),
+            }),
         }
-        Ok(builder)
     }
 
     /// Sends one request; the timeout covers connecting, headers and the whole body.
@@ -576,7 +594,7 @@ impl LlmClient {
         }
     }
 
-    fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         match &self.inner.config.endpoint.api_key {
             Some(key) => key.redact(text),
             None => text.to_owned(),
@@ -661,7 +679,23 @@ impl LlmClient {
                 ),
             };
         }
-        let detail: Option<ErrorDetail> = serde_json::from_slice::<ErrorBody>(&body)
+        (
+            Outcome::free(Some(code)),
+            Err(self.http_failure(code, &headers, &body, native_schema)),
+        )
+    }
+
+    /// A non-2xx answer as a classified failure (an exhausted quota also stops later requests;
+    /// a rejected `json_schema` moves the schema into the prompt and resends at once).
+    pub(crate) fn http_failure(
+        &self,
+        code: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        native_schema: bool,
+    ) -> Failure {
+        let text = self.redact(&String::from_utf8_lossy(body));
+        let detail: Option<ErrorDetail> = serde_json::from_slice::<ErrorBody>(body)
             .ok()
             .map(|b| b.error);
         let message = self.redact(
@@ -670,9 +704,8 @@ impl LlmClient {
                 .and_then(|d| d.message.clone())
                 .unwrap_or_else(|| truncate(&text, 300)),
         );
-        let outcome = Outcome::free(Some(code));
         let failure = |error: Error| Failure::from(error);
-        let result = match code {
+        match code {
             429 => {
                 let quota = detail.as_ref().is_some_and(|d| {
                     let code_is = |v: &serde_json::Value| v.as_str() == Some("insufficient_quota");
@@ -687,7 +720,7 @@ impl LlmClient {
                         message,
                     })
                 } else {
-                    let retry_after = retry_after(&headers);
+                    let retry_after = retry_after(headers);
                     Failure {
                         error: Error::RateLimited {
                             retry_after,
@@ -707,7 +740,7 @@ impl LlmClient {
                     status: code,
                     message,
                 },
-                retry_after: retry_after(&headers),
+                retry_after: retry_after(headers),
                 resend_now: false,
             },
             400 | 422
@@ -731,8 +764,7 @@ impl LlmClient {
                 status: code,
                 message,
             }),
-        };
-        (outcome, Err(result))
+        }
     }
 
     fn parse_success(
@@ -741,10 +773,23 @@ impl LlmClient {
         request: &Call,
         hash: &str,
     ) -> Result<ChatResponse, String> {
+        let unreported = (request.prompt_tokens_upper_bound(), request.max_tokens());
+        self.parse_answer(body, matches!(request, Call::Chat(_)), hash, unreported)
+    }
+
+    /// A 200 body as an answer, priced from its usage, or from `unreported` (prompt and output
+    /// token bounds) when the server reports none.
+    pub(crate) fn parse_answer(
+        &self,
+        body: &[u8],
+        is_chat: bool,
+        hash: &str,
+        unreported: (u64, u64),
+    ) -> Result<ChatResponse, String> {
         let enum_name =
             |value: Option<serde_json::Value>| value.and_then(|v| v.as_str().map(str::to_owned));
-        match request {
-            Call::Chat(_) => {
+        match is_chat {
+            true => {
                 let parsed: CreateChatCompletionResponse = serde_json::from_slice(body)
                     .map_err(|e| format!("not a chat completion: {e}"))?;
                 let choice = parsed
@@ -788,13 +833,13 @@ impl LlmClient {
                     finish_reason,
                     parsed.model.clone(),
                     usage,
-                    request,
+                    unreported,
                     hash,
                 );
                 response.logprobs = logprobs;
                 Ok(response)
             }
-            Call::Completion(_) => {
+            false => {
                 let parsed: CreateCompletionResponse = serde_json::from_slice(body)
                     .map_err(|e| format!("not a text completion: {e}"))?;
                 let choice = parsed
@@ -820,7 +865,7 @@ impl LlmClient {
                     finish_reason,
                     parsed.model.clone(),
                     usage,
-                    request,
+                    unreported,
                     hash,
                 );
                 response.logprobs = logprobs;
@@ -836,18 +881,18 @@ impl LlmClient {
         finish_reason: Option<String>,
         model: String,
         usage: Option<(u64, u64)>,
-        request: &Call,
+        unreported: (u64, u64),
         hash: &str,
     ) -> ChatResponse {
         let prices = self.inner.prices;
         let (prompt_tokens, completion_tokens, cost_usd) = match usage {
             Some((p, c)) => (p, c, prices.map_or(0.0, |pr| pr.cost_usd(p, c))),
             // No usage reported: count the upper bound so the budget stays safe.
-            None => {
-                let p = request.prompt_tokens_upper_bound();
-                let c = request.max_tokens();
-                (0, 0, prices.map_or(0.0, |pr| pr.cost_usd(p, c)))
-            }
+            None => (
+                0,
+                0,
+                prices.map_or(0.0, |pr| pr.cost_usd(unreported.0, unreported.1)),
+            ),
         };
         ChatResponse {
             content,
@@ -882,7 +927,7 @@ impl LlmClient {
                     assembly.finish_reason,
                     assembly.model,
                     assembly.usage,
-                    request,
+                    (request.prompt_tokens_upper_bound(), request.max_tokens()),
                     hash,
                 );
                 let outcome = Outcome {
@@ -1064,7 +1109,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -1075,7 +1120,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),

@@ -197,6 +197,34 @@ impl Default for Backoff {
     }
 }
 
+/// The provider's Batch API (OpenAI's `/v1/batches`): a batch's requests go up as one JSONL
+/// file and their answers come back within the completion window at the batch price. Only
+/// [`crate::LlmClient::chat_batch`] and [`crate::LlmClient::completion_batch`] use it; single
+/// calls stay synchronous.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderBatch {
+    /// Seconds between two status polls of a batch in progress.
+    pub poll_s: f64,
+    /// The `completion_window` sent with each batch (OpenAI accepts `24h`).
+    pub completion_window: String,
+    /// The batch price as a share of the synchronous price (OpenAI's batches cost half).
+    pub price_factor: f64,
+    /// Most requests in one batch (OpenAI's limit is 50,000); more are split.
+    pub max_requests: usize,
+}
+
+impl Default for ProviderBatch {
+    fn default() -> Self {
+        Self {
+            poll_s: 30.0,
+            completion_window: "24h".into(),
+            price_factor: 0.5,
+            max_requests: 50_000,
+        }
+    }
+}
+
 /// Everything [`crate::LlmClient::new`] needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -224,6 +252,8 @@ pub struct ClientConfig {
     pub ledger_path: PathBuf,
     /// Output limit sent when a request sets none, so every request's cost has an upper bound.
     pub default_max_tokens: u32,
+    /// Send batches through the provider's Batch API instead of one HTTP call per request.
+    pub provider_batch: Option<ProviderBatch>,
 }
 
 impl ClientConfig {
@@ -243,6 +273,7 @@ impl ClientConfig {
             budget_usd: None,
             ledger_path: ledger_path.into(),
             default_max_tokens: 1024,
+            provider_batch: None,
         }
     }
 
@@ -281,6 +312,29 @@ impl ClientConfig {
         }
         if self.default_max_tokens == 0 {
             return bad("default_max_tokens", "must be at least 1".into());
+        }
+        if let Some(batch) = &self.provider_batch {
+            if !(batch.poll_s.is_finite() && batch.poll_s > 0.0) {
+                return bad(
+                    "provider_batch.poll_s",
+                    format!("must be a positive number of seconds, got {}", batch.poll_s),
+                );
+            }
+            if !(batch.price_factor.is_finite() && batch.price_factor > 0.0) {
+                return bad(
+                    "provider_batch.price_factor",
+                    format!("must be positive, got {}", batch.price_factor),
+                );
+            }
+            if batch.max_requests == 0 {
+                return bad("provider_batch.max_requests", "must be at least 1".into());
+            }
+            if batch.completion_window.trim().is_empty() {
+                return bad(
+                    "provider_batch.completion_window",
+                    "must not be empty".into(),
+                );
+            }
         }
         for (model, p) in &self.prices {
             if !(p.input_per_mtok >= 0.0 && p.output_per_mtok >= 0.0) {

@@ -97,6 +97,15 @@ pub enum Error {
     ServeProcess { binary: PathBuf, reason: String },
 
     /// A batch task died without producing a result (a bug; reported instead of dropping the item).
+    /// The provider's Batch API gave no answer for this request: the batch failed validation,
+    /// expired or was cancelled, or its files could not be read.
+    #[error("provider batch {batch}: {reason}")]
+    ProviderBatch {
+        batch: String,
+        reason: String,
+        retryable: bool,
+    },
+
     #[error("batch item {index} was lost: {reason}")]
     ItemLost { index: usize, reason: String },
 }
@@ -112,6 +121,10 @@ impl Error {
                 | Error::StreamStalled { .. }
                 | Error::Transport { .. }
                 | Error::MalformedResponse { .. }
+                | Error::ProviderBatch {
+                    retryable: true,
+                    ..
+                }
         )
     }
 
@@ -142,6 +155,7 @@ impl Error {
             Error::RetriesExhausted { .. } => "retries_exhausted",
             Error::Ledger { .. } | Error::LedgerRow { .. } => "ledger",
             Error::ItemLost { .. } => "item_lost",
+            Error::ProviderBatch { .. } => "provider_batch",
             Error::ClusterLabel(_) => "cluster_label",
         }
     }

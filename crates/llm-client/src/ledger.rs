@@ -45,7 +45,33 @@ CREATE TABLE IF NOT EXISTS attempts (
     cost_usd REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_hash ON attempts(hash);
+CREATE TABLE IF NOT EXISTS provider_batches (
+    key TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('submitting', 'submitted', 'closed')),
+    provider_status TEXT,
+    input_file_id TEXT,
+    batch_id TEXT,
+    created_unix_ms INTEGER NOT NULL,
+    updated_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS provider_batch_members (
+    batch_key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL,
+    bound_usd REAL NOT NULL,
+    is_chat INTEGER NOT NULL,
+    prompt_tokens_bound INTEGER NOT NULL,
+    max_tokens INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (batch_key, hash)
+);
+CREATE INDEX IF NOT EXISTS provider_batch_members_by_hash ON provider_batch_members(hash);
 ";
+
+/// Status of a provider batch whose answers are all in `requests` (or failed there): it is no
+/// longer waited for.
+pub(crate) const BATCH_CLOSED: &str = "closed";
 
 /// Outcome of an attempt whose row was written before sending and never settled (process killed).
 pub const OUTCOME_IN_FLIGHT: &str = "in_flight";
@@ -56,6 +82,44 @@ pub(crate) struct AttemptRecord<'a> {
     pub outcome: &'a str,
     pub http_status: Option<u16>,
     pub cost_usd: f64,
+}
+
+/// One request of a provider batch, as recorded before the batch was submitted.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchMember {
+    pub hash: String,
+    /// Its attempt row, counted at `bound_usd` until the batch's answers are read.
+    pub attempt_id: i64,
+    pub bound_usd: f64,
+    pub is_chat: bool,
+    pub prompt_tokens_bound: u64,
+    pub max_tokens: u64,
+    /// The request body as sent (one line of the uploaded file, without its envelope).
+    pub body: String,
+}
+
+/// A provider batch the ledger knows of: submitted, or about to be.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchRow {
+    /// Ours: sent as the batch's metadata, so a create whose answer was lost can be found.
+    pub key: String,
+    /// `/v1/chat/completions` or `/v1/completions`.
+    pub route: String,
+    pub input_file_id: Option<String>,
+    pub batch_id: Option<String>,
+    pub created_unix_ms: i64,
+}
+
+/// How one member of a closed batch ended.
+pub(crate) enum MemberOutcome<'a> {
+    Answered {
+        response: &'a ChatResponse,
+        body: &'a str,
+    },
+    Failed {
+        error: String,
+        attempt: AttemptRecord<'a>,
+    },
 }
 
 /// Counts of ledger rows by status.
@@ -222,48 +286,17 @@ impl Ledger {
 
     /// Records that `hash` is about to be sent (a new row, or a failed/pending one reset).
     pub(crate) fn mark_pending(&self, hash: &str, model: &str, request_json: &str) -> Result<()> {
-        let now = now_ms();
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO requests (hash, model, request_json, status, created_unix_ms,
-                                       updated_unix_ms)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)
-                 ON CONFLICT(hash) DO UPDATE SET status = 'pending', error = NULL,
-                                                 updated_unix_ms = ?4
-                 WHERE status != 'done'",
-            )?
-            .execute(params![hash, model, request_json, now])
-            .map(drop)
-        })
+        self.with(|c| mark_pending(c, hash, model, request_json, now_ms()))
     }
 
     /// Writes an attempt row counted at `reserved_usd` before the attempt is sent.
     pub(crate) fn begin_attempt(&self, hash: &str, reserved_usd: f64) -> Result<i64> {
-        let now = now_ms();
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO attempts (hash, started_unix_ms, outcome, cost_usd)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![hash, now, OUTCOME_IN_FLIGHT, reserved_usd])?;
-            Ok(c.last_insert_rowid())
-        })
+        self.with(|c| begin_attempt(c, hash, reserved_usd, now_ms()))
     }
 
     /// Settles an attempt that did not produce the answer.
     pub(crate) fn finish_attempt(&self, attempt_id: i64, record: &AttemptRecord<'_>) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached(
-                "UPDATE attempts SET outcome = ?2, http_status = ?3, cost_usd = ?4 WHERE id = ?1",
-            )?
-            .execute(params![
-                attempt_id,
-                record.outcome,
-                record.http_status,
-                record.cost_usd
-            ])
-            .map(drop)
-        })
+        self.with(|c| finish_attempt(c, attempt_id, record))
     }
 
     /// Settles the successful attempt and marks the request done, in one transaction.
@@ -274,54 +307,271 @@ impl Ledger {
         response_json: &str,
         attempts: u32,
     ) -> Result<()> {
-        let now = now_ms();
-        let logprobs = response
-            .logprobs
-            .as_ref()
-            .map(|l| serde_json::to_string(l).expect("log-probabilities serialise"));
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.prepare_cached(
-                "UPDATE attempts SET outcome = 'ok', http_status = 200, cost_usd = ?2 WHERE id = ?1",
-            )?
-            .execute(params![attempt_id, response.cost_usd])?;
-            tx.prepare_cached(
-                "UPDATE requests SET status = 'done', content = ?2, finish_reason = ?3,
-                        response_model = ?4, response_json = ?5, prompt_tokens = ?6,
-                        completion_tokens = ?7, cost_usd = ?8, attempts = attempts + ?9,
-                        error = NULL, updated_unix_ms = ?10, logprobs_json = ?11
-                 WHERE hash = ?1",
-            )?
-            .execute(params![
-                response.request_hash,
-                response.content,
-                response.finish_reason,
-                response.model,
-                response_json,
-                response.prompt_tokens as i64,
-                response.completion_tokens as i64,
-                response.cost_usd,
-                attempts,
-                now,
-                logprobs
-            ])?;
+            complete(&tx, attempt_id, response, response_json, attempts, now_ms())?;
             tx.commit()
         })
     }
 
     /// Marks the request failed with a (redacted) error text.
     pub(crate) fn fail(&self, hash: &str, error: &str, attempts: u32) -> Result<()> {
+        self.with(|c| fail(c, hash, error, attempts, now_ms()))
+    }
+
+    /// Records a provider batch before anything is uploaded: its row, and for every member the
+    /// request row (pending) and an attempt counted at its upper bound, in one transaction. A
+    /// process killed after this point keeps the batch's bound in the total spend and finds the
+    /// batch again on rerun instead of paying for a second one.
+    pub(crate) fn begin_provider_batch(
+        &self,
+        key: &str,
+        route: &str,
+        model: &str,
+        members: &mut [(BatchMember, String)],
+    ) -> Result<()> {
         let now = now_ms();
         self.with(|c| {
-            c.prepare_cached(
-                "UPDATE requests SET status = 'failed', error = ?2, attempts = attempts + ?3,
-                        updated_unix_ms = ?4
-                 WHERE hash = ?1 AND status != 'done'",
+            let tx = c.transaction()?;
+            tx.prepare_cached(
+                "INSERT INTO provider_batches (key, route, status, created_unix_ms, updated_unix_ms)
+                 VALUES (?1, ?2, 'submitting', ?3, ?3)",
             )?
-            .execute(params![hash, error, attempts, now])
+            .execute(params![key, route, now])?;
+            for (member, request_json) in members.iter_mut() {
+                mark_pending(&tx, &member.hash, model, request_json, now)?;
+                member.attempt_id = begin_attempt(&tx, &member.hash, member.bound_usd, now)?;
+                tx.prepare_cached(
+                    "INSERT INTO provider_batch_members (batch_key, hash, attempt_id, bound_usd,
+                         is_chat, prompt_tokens_bound, max_tokens, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    key,
+                    member.hash,
+                    member.attempt_id,
+                    member.bound_usd,
+                    member.is_chat,
+                    member.prompt_tokens_bound as i64,
+                    member.max_tokens as i64,
+                    member.body
+                ])?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Records what the provider said about a batch: its uploaded file, then its id and
+    /// status (which makes the batch `submitted`).
+    pub(crate) fn update_provider_batch(
+        &self,
+        key: &str,
+        input_file_id: Option<&str>,
+        submitted: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let (batch_id, provider_status) = submitted.unzip();
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE provider_batches SET input_file_id = COALESCE(?2, input_file_id),
+                        batch_id = COALESCE(?3, batch_id),
+                        provider_status = COALESCE(?4, provider_status),
+                        status = CASE WHEN ?3 IS NULL THEN status ELSE 'submitted' END,
+                        updated_unix_ms = ?5
+                 WHERE key = ?1",
+            )?
+            .execute(params![key, input_file_id, batch_id, provider_status, now])
             .map(drop)
         })
     }
+
+    /// Batches not yet closed that hold at least one of `hashes`.
+    pub(crate) fn open_provider_batches(&self, hashes: &[&str]) -> Result<Vec<BatchRow>> {
+        self.with(|c| {
+            let mut keys = Vec::new();
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT m.batch_key FROM provider_batch_members m
+                 JOIN provider_batches b ON b.key = m.batch_key
+                 WHERE m.hash = ?1 AND b.status != ?2",
+            )?;
+            for hash in hashes {
+                for key in stmt.query_map(params![hash, BATCH_CLOSED], |r| r.get::<_, String>(0))? {
+                    let key = key?;
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+            let mut rows = Vec::new();
+            for key in keys {
+                rows.push(c.query_row(
+                    "SELECT key, route, input_file_id, batch_id, created_unix_ms
+                     FROM provider_batches WHERE key = ?1",
+                    [&key],
+                    |r| {
+                        Ok(BatchRow {
+                            key: r.get(0)?,
+                            route: r.get(1)?,
+                            input_file_id: r.get(2)?,
+                            batch_id: r.get(3)?,
+                            created_unix_ms: r.get(4)?,
+                        })
+                    },
+                )?);
+            }
+            Ok(rows)
+        })
+    }
+
+    /// The members of a batch, in the order they were recorded (the uploaded file's order).
+    pub(crate) fn provider_batch_members(&self, key: &str) -> Result<Vec<BatchMember>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT hash, attempt_id, bound_usd, is_chat, prompt_tokens_bound, max_tokens, body
+                 FROM provider_batch_members WHERE batch_key = ?1 ORDER BY rowid",
+            )?
+            .query_map([key], |r| {
+                Ok(BatchMember {
+                    hash: r.get(0)?,
+                    attempt_id: r.get(1)?,
+                    bound_usd: r.get(2)?,
+                    is_chat: r.get(3)?,
+                    prompt_tokens_bound: r.get::<_, i64>(4)? as u64,
+                    max_tokens: r.get::<_, i64>(5)? as u64,
+                    body: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Settles every member of a finished batch (answer or failure, each attempt at its real
+    /// cost) and closes the batch, in one transaction: a kill mid-way leaves the batch open and
+    /// its answers are read again from the provider's output file.
+    pub(crate) fn close_provider_batch(
+        &self,
+        key: &str,
+        provider_status: &str,
+        outcomes: &[(&BatchMember, MemberOutcome<'_>)],
+    ) -> Result<()> {
+        let now = now_ms();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (member, outcome) in outcomes {
+                match outcome {
+                    MemberOutcome::Answered { response, body } => {
+                        complete(&tx, member.attempt_id, response, body, 1, now)?;
+                    }
+                    MemberOutcome::Failed { error, attempt } => {
+                        finish_attempt(&tx, member.attempt_id, attempt)?;
+                        fail(&tx, &member.hash, error, 1, now)?;
+                    }
+                }
+            }
+            tx.prepare_cached(
+                "UPDATE provider_batches SET status = ?2, updated_unix_ms = ?3, provider_status = ?4
+                 WHERE key = ?1",
+            )?
+            .execute(params![key, BATCH_CLOSED, now, provider_status])?;
+            tx.commit()
+        })
+    }
+}
+
+// Each row write exists once: the single-call methods above and a provider batch's
+// transactions both use these.
+
+fn mark_pending(
+    c: &Connection,
+    hash: &str,
+    model: &str,
+    request_json: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO requests (hash, model, request_json, status, created_unix_ms,
+                               updated_unix_ms)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)
+         ON CONFLICT(hash) DO UPDATE SET status = 'pending', error = NULL, updated_unix_ms = ?4
+         WHERE status != 'done'",
+    )?
+    .execute(params![hash, model, request_json, now])
+    .map(drop)
+}
+
+fn begin_attempt(c: &Connection, hash: &str, reserved_usd: f64, now: i64) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "INSERT INTO attempts (hash, started_unix_ms, outcome, cost_usd) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![hash, now, OUTCOME_IN_FLIGHT, reserved_usd])?;
+    Ok(c.last_insert_rowid())
+}
+
+fn finish_attempt(
+    c: &Connection,
+    attempt_id: i64,
+    record: &AttemptRecord<'_>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE attempts SET outcome = ?2, http_status = ?3, cost_usd = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        attempt_id,
+        record.outcome,
+        record.http_status,
+        record.cost_usd
+    ])
+    .map(drop)
+}
+
+/// Settles the answering attempt and stores the answer (not a transaction by itself).
+fn complete(
+    c: &Connection,
+    attempt_id: i64,
+    response: &ChatResponse,
+    response_json: &str,
+    attempts: u32,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let logprobs = response
+        .logprobs
+        .as_ref()
+        .map(|l| serde_json::to_string(l).expect("log-probabilities serialise"));
+    c.prepare_cached(
+        "UPDATE attempts SET outcome = 'ok', http_status = 200, cost_usd = ?2 WHERE id = ?1",
+    )?
+    .execute(params![attempt_id, response.cost_usd])?;
+    c.prepare_cached(
+        "UPDATE requests SET status = 'done', content = ?2, finish_reason = ?3,
+                response_model = ?4, response_json = ?5, prompt_tokens = ?6,
+                completion_tokens = ?7, cost_usd = ?8, attempts = attempts + ?9,
+                error = NULL, updated_unix_ms = ?10, logprobs_json = ?11
+         WHERE hash = ?1",
+    )?
+    .execute(params![
+        response.request_hash,
+        response.content,
+        response.finish_reason,
+        response.model,
+        response_json,
+        response.prompt_tokens as i64,
+        response.completion_tokens as i64,
+        response.cost_usd,
+        attempts,
+        now,
+        logprobs
+    ])
+    .map(drop)
+}
+
+fn fail(c: &Connection, hash: &str, error: &str, attempts: u32, now: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE requests SET status = 'failed', error = ?2, attempts = attempts + ?3,
+                updated_unix_ms = ?4
+         WHERE hash = ?1 AND status != 'done'",
+    )?
+    .execute(params![hash, error, attempts, now])
+    .map(drop)
 }
 
 #[cfg(test)]

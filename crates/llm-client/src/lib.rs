@@ -36,6 +36,13 @@
 //! `logprobs` too ([`ChatRequest::with_logprobs`]); answers carry them in
 //! [`ChatResponse::logprobs`] and the ledger keeps them.
 //!
+//! With [`ClientConfig::provider_batch`] set, [`LlmClient::chat_batch`] and
+//! [`LlmClient::completion_batch`] go through the provider's Batch API (`/v1/files`,
+//! `/v1/batches`) at the batch price, with the same ledger and budget promises: a batch is
+//! recorded (members pending, attempts at their upper bound) before its file is uploaded, is
+//! found again by its metadata key if a create's answer is lost, and is waited for, not sent
+//! again, by a rerun after a kill (see [`ProviderBatch`]).
+//!
 //! [`LlmClient::chat_stream`] asks for SSE and reports text as it arrives; a stream that sends
 //! no data event for `stream_idle_timeout`, ends without `data: [DONE]` or carries an error
 //! object is retried like any other failed attempt, and the assembled answer is recorded in the
@@ -50,6 +57,7 @@ mod error;
 mod ledger;
 mod limiter;
 mod parse;
+mod provider_batch;
 mod request;
 mod serve_process;
 mod source;
@@ -60,11 +68,12 @@ pub use client::{BoxFuture, ChatBackend, LlmClient, StreamSink};
 pub use cluster_labels::ChatClusterLabeller;
 pub use config::{
     Backoff, ClientConfig, Endpoint, EndpointSettings, MaxTokensField, OPENAI_BASE_URL, PriceTable,
-    Prices, Secret,
+    Prices, ProviderBatch, Secret,
 };
 pub use error::{Error, Result};
 pub use ledger::{Ledger, LedgerCounts, OUTCOME_IN_FLIGHT};
 pub use parse::{extract_json, parse_judge_score};
+pub use provider_batch::BATCH_METADATA_KEY;
 pub use request::{
     ChatRequest, ChatResponse, CompletionRequest, JsonSchema, Message, Role, TokenLogprob,
     TopLogprob, canonical_json,

@@ -405,6 +405,13 @@ impl Call {
         }
     }
 
+    pub fn logprobs_asked(&self) -> bool {
+        match self {
+            Call::Chat(r) => r.logprobs.is_some(),
+            Call::Completion(r) => r.logprobs.is_some(),
+        }
+    }
+
     pub fn json_schema(&self) -> Option<&JsonSchema> {
         match self {
             Call::Chat(r) => r.json_schema.as_ref(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::client::LlmClient;
-use crate::config::{ClientConfig, Endpoint, EndpointSettings, Prices};
+use crate::config::{ClientConfig, Endpoint, EndpointSettings, Prices, ProviderBatch};
 use crate::error::{Error, Result};
 use crate::serve_process::{ServeOptions, ServeProcess};
 
@@ -35,6 +35,11 @@ pub struct LlmSettings {
     pub tpm: Option<u32>,
     /// Seconds one HTTP attempt may take (a CPU `serve` writing a long answer is slow).
     pub timeout_s: u64,
+    /// For `endpoint`: send the phase's batches through the provider's Batch API (half price
+    /// on OpenAI, answered within the completion window). `[<section>.batch]` with its
+    /// defaults: `poll_s = 30`, `completion_window = "24h"`, `price_factor = 0.5`,
+    /// `max_requests = 50000`.
+    pub batch: Option<ProviderBatch>,
 }
 
 impl Default for LlmSettings {
@@ -49,6 +54,7 @@ impl Default for LlmSettings {
             rpm: None,
             tpm: None,
             timeout_s: 300,
+            batch: None,
         }
     }
 }
@@ -58,6 +64,10 @@ impl LlmSettings {
     /// model and key variable (a missing key is an error here, before any paid call).
     pub fn check(&self, field: &str) -> Result<()> {
         match self.kind.as_str() {
+            "serve" if self.batch.is_some() => Err(Error::Config {
+                field: format!("{field}.batch"),
+                reason: "serve has no Batch API; use it with kind = \"endpoint\"".into(),
+            }),
             "serve" => Ok(()),
             "endpoint" => {
                 Endpoint::resolve(&self.endpoint)
@@ -90,6 +100,7 @@ impl LlmSettings {
         config.rpm = self.rpm;
         config.tpm = self.tpm;
         config.timeout = Duration::from_secs(self.timeout_s.max(1));
+        config.provider_batch = self.batch.clone();
         LlmClient::new(config)
     }
 }
@@ -161,5 +172,31 @@ mod tests {
             "{error}"
         );
         assert!(LlmSettings::default().check("teacher").is_ok());
+    }
+
+    #[test]
+    fn a_batch_section_takes_defaults_and_is_refused_for_serve() {
+        let settings: LlmSettings =
+            serde_json::from_str(r#"{"kind": "endpoint", "batch": {"poll_s": 5}}"#).unwrap();
+        let batch = settings.batch.clone().unwrap();
+        assert_eq!(batch.poll_s, 5.0);
+        assert_eq!(batch.price_factor, 0.5);
+        assert_eq!(batch.completion_window, "24h");
+        assert!(serde_json::from_str::<LlmSettings>(r#"{"batch": {"poll": 5}}"#).is_err());
+        let served = LlmSettings {
+            batch: Some(ProviderBatch::default()),
+            ..Default::default()
+        };
+        let error = served.check("teacher").unwrap_err().to_string();
+        assert!(error.contains("teacher.batch"), "{error}");
+        // The section reaches the client that `with_llm` hands to the phase.
+        let dir = tempfile::tempdir().unwrap();
+        let client = settings
+            .client(
+                Endpoint::new("http://127.0.0.1:9/v1", "m"),
+                &dir.path().join("l.sqlite"),
+            )
+            .unwrap();
+        assert_eq!(client.config().provider_batch, Some(batch));
     }
 }

@@ -8,14 +8,16 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use llm_client::{ChatRequest, LlmClient, Progress};
+use llm_client::{ChatRequest, Progress};
 use serde_json::{Value, json};
-use support::{Fault, FaultServer, ServerConfig, expected_content, set_prices};
+use support::{
+    Fault, FaultServer, ServerConfig, child_main, expected_content, kill_when, read_results,
+    spawn_child, wait_for_exit,
+};
 
 const CHILD_ENV: &str = "LLM_CLIENT_KILL_TEST_CHILD";
 const N: usize = 60;
@@ -25,64 +27,27 @@ fn prompt(i: usize) -> String {
     format!("kill question {i}")
 }
 
-/// In the child process: run the batch and write one JSON line per item, then a summary.
+/// In the child process: run the batch and write one JSON line per item.
 /// In a normal test run (variable unset) this does nothing.
 #[test]
 fn child_batch_entry() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let spec: Value = serde_json::from_str(&spec).unwrap();
-    let out = PathBuf::from(spec["out"].as_str().unwrap());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut config = llm_client::ClientConfig::new(
-            llm_client::Endpoint::new(spec["base_url"].as_str().unwrap(), "test-model"),
-            spec["ledger"].as_str().unwrap(),
-        );
+    let configure = |config: &mut llm_client::ClientConfig| {
         config.max_concurrency = CONCURRENCY;
         config.backoff.initial = Duration::from_millis(5);
         config.backoff.max = Duration::from_millis(50);
         config.timeout = Duration::from_secs(2);
-        set_prices(&mut config, 1.0, 2.0);
-        let client = LlmClient::new(config).unwrap();
+    };
+    child_main(CHILD_ENV, configure, async |client, _| {
         let requests = (0..N)
             .map(|i| ChatRequest::user(prompt(i)).with_max_tokens(16))
             .collect();
-        let report = client.chat_batch(requests, Progress::Hidden).await;
-        let mut text = String::new();
-        for (index, result) in report.results.iter().enumerate() {
-            let line = match result {
-                Ok(r) => {
-                    json!({"index": index, "content": r.content, "from_ledger": r.from_ledger})
-                }
-                Err(e) => json!({"index": index, "error": e.to_string()}),
-            };
-            text.push_str(&format!("{line}\n"));
-        }
-        let tmp = out.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &out).unwrap();
+        client.chat_batch(requests, Progress::Hidden).await
     });
 }
 
-fn spawn_child(server: &FaultServer, ledger: &Path, out: &Path) -> Child {
+fn spawn(server: &FaultServer, ledger: &Path, out: &Path) -> Child {
     let spec = json!({"base_url": server.base_url, "ledger": ledger, "out": out});
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_batch_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_child(CHILD_ENV, "child_batch_entry", &spec)
 }
 
 /// Prompts whose ledger row is done.
@@ -122,23 +87,9 @@ async fn kill_9_mid_batch_then_rerun_pays_only_for_unfinished_requests() {
     let out = dir.path().join("results.jsonl");
 
     // First run: SIGKILL once about a third of the batch has been answered.
-    let mut child = spawn_child(&server, &ledger, &out);
+    let mut child = spawn(&server, &ledger, &out);
     let t0 = Instant::now();
-    while server.delivered_ok_count() < N / 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "child finished before the kill"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "child made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    let status = child.wait().unwrap();
-    assert_eq!(status.signal(), Some(9), "{status:?}");
-    assert!(!out.exists(), "the killed run wrote no results");
+    kill_when(&mut child, &out, || server.delivered_ok_count() >= N / 3).await;
 
     let finished = done_prompts(&ledger);
     assert!(
@@ -149,25 +100,12 @@ async fn kill_9_mid_batch_then_rerun_pays_only_for_unfinished_requests() {
     let sent_before_rerun = server.request_count();
 
     // Second run to completion.
-    let mut child = spawn_child(&server, &ledger, &out);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "rerun did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let mut child = spawn(&server, &ledger, &out);
+    let status = wait_for_exit(&mut child, t0, Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
 
     // Every item present exactly once, in order, with its own answer.
-    let lines: Vec<Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_results(&out);
     assert_eq!(lines.len(), N);
     let mut from_ledger = HashSet::new();
     for (i, line) in lines.iter().enumerate() {

@@ -87,6 +87,12 @@ pub struct ServerConfig {
     pub prices: (f64, f64),
     /// The answer's content for a prompt, instead of the echo (models a real assistant).
     pub reply: Option<fn(&str) -> String>,
+    /// Batch API: how long a batch stays `validating`/`in_progress` before its lines run.
+    pub batch_delay: Duration,
+    /// Batch API: this many creates make the batch but answer 503 (the answer is lost).
+    pub lose_batch_creates: usize,
+    /// Batch API: every batch fails validation (status `failed`, nothing runs).
+    pub fail_batches: bool,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +107,9 @@ impl Default for ServerConfig {
             reject_response_format: false,
             prices: (0.0, 0.0),
             reply: None,
+            batch_delay: Duration::ZERO,
+            lose_batch_creates: 0,
+            fail_batches: false,
         }
     }
 }
@@ -128,6 +137,12 @@ struct State {
     in_flight: AtomicI64,
     max_in_flight: AtomicI64,
     next_id: AtomicI64,
+    addr: std::net::SocketAddr,
+    /// Uploaded files by id (input files, and output/error files the batches wrote).
+    files: Mutex<HashMap<String, Vec<u8>>>,
+    /// Batch objects in creation order.
+    batches: Mutex<Vec<Value>>,
+    lost_creates: AtomicI64,
 }
 
 pub struct FaultServer {
@@ -159,6 +174,10 @@ impl FaultServer {
             in_flight: AtomicI64::new(0),
             max_in_flight: AtomicI64::new(0),
             next_id: AtomicI64::new(0),
+            addr,
+            files: Mutex::new(HashMap::new()),
+            batches: Mutex::new(Vec::new()),
+            lost_creates: AtomicI64::new(0),
         });
         let accept_state = state.clone();
         let accept = tokio::spawn(async move {
@@ -208,6 +227,22 @@ impl FaultServer {
 
     pub fn max_in_flight(&self) -> i64 {
         self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every batch created, as the server last described it.
+    pub fn batches(&self) -> Vec<Value> {
+        self.state.batches.lock().unwrap().clone()
+    }
+
+    /// Files uploaded with `purpose=batch`.
+    pub fn uploaded_files(&self) -> usize {
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|id| id.starts_with("file-in-"))
+            .count()
     }
 }
 
@@ -261,7 +296,12 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
         let Some((head, body)) = read_request(&mut stream, &mut buf).await else {
             return;
         };
-        let keep_open = handle(&mut stream, &state, &head, &body).await;
+        let request_line = head[":request-line"].clone();
+        let keep_open = if is_batch_route(&request_line) {
+            handle_batch_api(&mut stream, &state, &head, &body).await
+        } else {
+            handle(&mut stream, &state, &head, &body).await
+        };
         if !keep_open {
             let _ = stream.shutdown().await;
             return;
@@ -819,6 +859,387 @@ async fn write_stream(
         }
     }
     true
+}
+
+fn is_batch_route(request_line: &str) -> bool {
+    let path = request_line.split(' ').nth(1).unwrap_or("");
+    path.starts_with("/v1/files") || path.starts_with("/v1/batches")
+}
+
+async fn write_json(stream: &mut TcpStream, body: &Value) -> bool {
+    let body = body.to_string();
+    let mut bytes = response_head(200, "OK", body.len(), &[]);
+    bytes.extend_from_slice(body.as_bytes());
+    stream.write_all(&bytes).await.is_ok()
+}
+
+async fn request_error(stream: &mut TcpStream, status: u16, code: &str, message: &str) -> bool {
+    write_error(stream, status, "invalid_request_error", code, message, &[]).await
+}
+
+/// OpenAI's Batch API over the same server: files (multipart upload, content download) and
+/// batches (create, retrieve, list). A batch's lines are sent to this server's own chat route,
+/// so its faults, prices and request log apply to them as to direct calls.
+async fn handle_batch_api(
+    stream: &mut TcpStream,
+    state: &Arc<State>,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> bool {
+    let request_line = &headers[":request-line"];
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    match (method, path) {
+        ("POST", "/v1/files") => {
+            let boundary = headers
+                .get("content-type")
+                .and_then(|v| v.split("boundary=").nth(1))
+                .unwrap_or("")
+                .to_owned();
+            let Some(content) = multipart_file(body, &boundary) else {
+                return request_error(stream, 400, "no_file", "no file part").await;
+            };
+            let file_id = format!("file-in-{id}");
+            let bytes = content.len();
+            state.files.lock().unwrap().insert(file_id.clone(), content);
+            write_json(
+                stream,
+                &json!({"id": file_id, "object": "file", "bytes": bytes, "purpose": "batch"}),
+            )
+            .await
+        }
+        ("POST", "/v1/batches") => {
+            let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let input = request["input_file_id"].as_str().unwrap_or("").to_owned();
+            if !state.files.lock().unwrap().contains_key(&input) {
+                return request_error(stream, 400, "no_file", "unknown input_file_id").await;
+            }
+            let batch_id = format!("batch_{id}");
+            let batch = json!({
+                "id": batch_id, "object": "batch", "endpoint": request["endpoint"],
+                "input_file_id": input, "completion_window": request["completion_window"],
+                "status": "validating", "created_at": 1_700_000_000i64 + id,
+                "output_file_id": null, "error_file_id": null, "errors": null,
+                "metadata": request["metadata"],
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            });
+            state.batches.lock().unwrap().push(batch.clone());
+            tokio::spawn(run_batch(state.clone(), batch_id));
+            let lost = state.lost_creates.fetch_add(1, Ordering::SeqCst);
+            if (lost as usize) < state.config.lose_batch_creates {
+                return write_error(
+                    stream,
+                    503,
+                    "server_error",
+                    "injected",
+                    "injected: create answer lost",
+                    &[],
+                )
+                .await;
+            }
+            write_json(stream, &batch).await
+        }
+        ("GET", "/v1/batches") => {
+            let limit: usize = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("limit="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20);
+            let after = query.split('&').find_map(|kv| kv.strip_prefix("after="));
+            let newest_first: Vec<Value> = state
+                .batches
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .cloned()
+                .collect();
+            let start = after
+                .and_then(|a| {
+                    newest_first
+                        .iter()
+                        .position(|b| b["id"] == a)
+                        .map(|i| i + 1)
+                })
+                .unwrap_or(0);
+            let page: Vec<Value> = newest_first
+                .iter()
+                .skip(start)
+                .take(limit)
+                .cloned()
+                .collect();
+            let has_more = start + page.len() < newest_first.len();
+            write_json(
+                stream,
+                &json!({"object": "list", "data": page, "has_more": has_more}),
+            )
+            .await
+        }
+        ("GET", _) if path.starts_with("/v1/batches/") => {
+            let wanted = &path["/v1/batches/".len()..];
+            let found = state
+                .batches
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|b| b["id"] == wanted)
+                .cloned();
+            match found {
+                Some(batch) => write_json(stream, &batch).await,
+                None => request_error(stream, 404, "not_found", "no such batch").await,
+            }
+        }
+        ("GET", _) if path.starts_with("/v1/files/") && path.ends_with("/content") => {
+            let wanted = &path["/v1/files/".len()..path.len() - "/content".len()];
+            let found = state.files.lock().unwrap().get(wanted).cloned();
+            match found {
+                Some(bytes) => {
+                    let mut out = response_head(200, "OK", bytes.len(), &[]);
+                    out.extend_from_slice(&bytes);
+                    stream.write_all(&out).await.is_ok()
+                }
+                None => request_error(stream, 404, "not_found", "no such file").await,
+            }
+        }
+        _ => request_error(stream, 404, "not_found", "no such route").await,
+    }
+}
+
+/// The `file` part of a multipart/form-data body.
+fn multipart_file(body: &[u8], boundary: &str) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(body);
+    let start = text.find("name=\"file\"")?;
+    let content_start = start + text[start..].find("\r\n\r\n")? + 4;
+    let end = content_start + text[content_start..].find(&format!("\r\n--{boundary}"))?;
+    Some(text[content_start..end].as_bytes().to_vec())
+}
+
+fn set_batch(state: &State, batch_id: &str, update: impl FnOnce(&mut Value)) {
+    let mut batches = state.batches.lock().unwrap();
+    if let Some(batch) = batches.iter_mut().find(|b| b["id"] == batch_id) {
+        update(batch);
+    }
+}
+
+/// Runs a batch's lines against this server's own routes after `batch_delay`.
+async fn run_batch(state: Arc<State>, batch_id: String) {
+    tokio::time::sleep(state.config.batch_delay / 2).await;
+    if state.config.fail_batches {
+        set_batch(&state, &batch_id, |b| {
+            b["status"] = json!("failed");
+            b["errors"] = json!({"object": "list", "data": [{"code": "invalid_request", "message": "injected validation failure", "line": 1}]});
+        });
+        return;
+    }
+    set_batch(&state, &batch_id, |b| b["status"] = json!("in_progress"));
+    tokio::time::sleep(state.config.batch_delay / 2).await;
+    let input_id = state
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == batch_id.as_str())
+        .unwrap()["input_file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let input = state.files.lock().unwrap()[&input_id].clone();
+    let lines: Vec<Value> = String::from_utf8_lossy(&input)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    set_batch(&state, &batch_id, |b| {
+        b["request_counts"]["total"] = json!(lines.len())
+    });
+    let (mut output, mut errors) = (String::new(), String::new());
+    for (n, line) in lines.iter().enumerate() {
+        let answer = self_call(state.addr, line["url"].as_str().unwrap(), &line["body"]).await;
+        let out = match answer {
+            Some((status, body)) => json!({
+                "id": format!("batch_req_{n}"), "custom_id": line["custom_id"],
+                "response": {"status_code": status, "request_id": format!("req_{n}"), "body": body},
+                "error": null,
+            }),
+            None => json!({
+                "id": format!("batch_req_{n}"), "custom_id": line["custom_id"], "response": null,
+                "error": {"code": "server_error", "message": "the request's answer was cut off"},
+            }),
+        };
+        let ok = out["response"]["status_code"] == 200;
+        let target = if ok { &mut output } else { &mut errors };
+        target.push_str(&format!("{out}\n"));
+        set_batch(&state, &batch_id, |b| {
+            let field = if ok { "completed" } else { "failed" };
+            let count = b["request_counts"][field].as_u64().unwrap() + 1;
+            b["request_counts"][field] = json!(count);
+        });
+    }
+    let mut files = state.files.lock().unwrap();
+    let output_id = format!("file-out-{batch_id}");
+    files.insert(output_id.clone(), output.into_bytes());
+    let error_id = (!errors.is_empty()).then(|| format!("file-err-{batch_id}"));
+    if let Some(id) = &error_id {
+        files.insert(id.clone(), errors.into_bytes());
+    }
+    drop(files);
+    set_batch(&state, &batch_id, |b| {
+        b["status"] = json!("completed");
+        b["output_file_id"] = json!(output_id);
+        b["error_file_id"] = json!(error_id);
+    });
+}
+
+/// One HTTP/1.1 POST to this server: (status, JSON body), or `None` when the answer is cut off.
+async fn self_call(addr: std::net::SocketAddr, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(usize::MAX);
+                if buf.len() >= pos + 4 + len {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let pos = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status: u16 = String::from_utf8_lossy(&buf[..pos])
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let body: Value = serde_json::from_slice(&buf[pos + 4..]).ok()?;
+    Some((status, body))
+}
+
+/// The body of a test that re-executes its binary as a child process ([`spawn_child`]): with
+/// `env` set, builds a client from the spec (server, ledger, prices 1/2 per million), runs
+/// `work` and writes one JSON line per result to the spec's `out` (temp file, then rename, so
+/// a killed child leaves none). In a normal test run (`env` unset) it does nothing.
+pub fn child_main<F, Fut>(env: &str, configure: impl FnOnce(&mut llm_client::ClientConfig), work: F)
+where
+    F: FnOnce(llm_client::LlmClient, Value) -> Fut,
+    Fut: std::future::Future<Output = llm_client::BatchReport>,
+{
+    let Ok(spec) = std::env::var(env) else {
+        return;
+    };
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    let out = std::path::PathBuf::from(spec["out"].as_str().unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config = llm_client::ClientConfig::new(
+            llm_client::Endpoint::new(spec["base_url"].as_str().unwrap(), "test-model"),
+            spec["ledger"].as_str().unwrap(),
+        );
+        set_prices(&mut config, 1.0, 2.0);
+        configure(&mut config);
+        let client = llm_client::LlmClient::new(config).unwrap();
+        let report = work(client, spec).await;
+        let mut text = String::new();
+        for (index, result) in report.results.iter().enumerate() {
+            let line = match result {
+                Ok(r) => {
+                    json!({"index": index, "content": r.content, "from_ledger": r.from_ledger})
+                }
+                Err(e) => json!({"index": index, "error": e.to_string()}),
+            };
+            text.push_str(&format!("{line}\n"));
+        }
+        let tmp = out.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &out).unwrap();
+    });
+}
+
+/// Re-executes this test binary as a child running only `test` with `env` set to `spec`.
+pub fn spawn_child(env: &str, test: &str, spec: &Value) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, spec.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILLs `child` once `ready` holds (polling), failing the test if the child ends first or
+/// `ready` takes more than 20 s; the killed child must have written no results to `out`.
+pub async fn kill_when(
+    child: &mut std::process::Child,
+    out: &std::path::Path,
+    mut ready: impl FnMut() -> bool,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child ended before the kill"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the child made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert!(!out.exists(), "the killed run wrote no results");
+}
+
+/// The JSON lines a child wrote ([`child_main`]).
+pub fn read_results(out: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits for a child process to exit, failing the test if it runs past `t0 + limit`.
+pub async fn wait_for_exit(
+    child: &mut std::process::Child,
+    t0: Instant,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the child did not finish in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A client config for tests: short timeout and backoff, ledger in `ledger`.
