@@ -50,6 +50,7 @@ pub mod pretrained;
 pub mod rms_norm;
 pub mod rope;
 pub mod safetensors_source;
+pub mod swiglu;
 pub mod tensor_source;
 pub mod tokenizer;
 #[cfg(feature = "tch")]

@@ -3,7 +3,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
-use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use std::sync::Mutex;
@@ -19,6 +18,7 @@ use crate::layer_checkpoint::checkpointed_layer;
 use crate::lora::LoraAdapter;
 use crate::rms_norm::rms_norm;
 use crate::rope::{Rope, apply_rotary};
+use crate::swiglu::swiglu;
 
 /// A bias-free linear map `y = x·W` with `W` stored `[in, out]` (burn's `Linear` layout;
 /// HF stores `[out, in]`), optionally with a LoRA adapter: `y = x·W + scale·(dropout(x)·A)·B`.
@@ -208,8 +208,9 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
