@@ -113,7 +113,7 @@ impl<B: Backend + CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps 
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
+                crate::op_tests::count_backward("causal_attention");
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (query, key, value, output, logsumexp, scale) = ops.state;
                 let (grad_query, grad_key, grad_value) = B::causal_attention_backward(
@@ -392,23 +392,13 @@ mod libtorch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op_tests::{backward_calls, max_abs_diff};
     use burn::tensor::{Device, Distribution};
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Runs of the custom backward on this thread (to tell it from burn differentiating
-        /// the forward's ops). Per thread: tests on other threads train models that run it too.
-        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
-    }
 
     fn inputs(device: &Device, heads: usize, seq: usize) -> [Tensor<4>; 3] {
         device.seed(7);
         [0, 1, 2]
             .map(|_| Tensor::random([2, heads, seq, 8], Distribution::Normal(0.0, 1.0), device))
-    }
-
-    fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
     }
 
     /// burn's own attention (decomposed, differentiated by burn's autodiff) is the reference
@@ -439,10 +429,10 @@ mod tests {
             let grad = |t: &Tensor<4>| t.grad(&grads).expect("gradient");
             [out.inner(), grad(&q), grad(&k), grad(&v)]
         };
-        let before = BACKWARD_CALLS.with(Cell::get);
+        let before = backward_calls("causal_attention");
         let fused = run(true);
         assert_eq!(
-            BACKWARD_CALLS.with(Cell::get),
+            backward_calls("causal_attention"),
             before + 1,
             "custom backward ran"
         );

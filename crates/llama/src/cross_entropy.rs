@@ -77,7 +77,7 @@ impl<B: Backend + TargetLogProbOps, C: CheckpointStrategy> TargetLogProbOps for 
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
+                crate::op_tests::count_backward("cross_entropy");
                 let grad = grads.consume::<B>(&ops.node);
                 let (logits, targets, logsumexp) = ops.state;
                 let [logits_node] = ops.parents;
@@ -219,19 +219,9 @@ mod libtorch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op_tests::{backward_calls, max_abs_diff};
     use burn::tensor::activation::log_softmax;
     use burn::tensor::{Device, Distribution, TensorData};
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Runs of the custom backward on this thread (to tell it from burn differentiating
-        /// the forward's ops).
-        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
-    }
 
     /// burn's log-softmax and gather, differentiated by burn, is the reference for the value
     /// and the logits' gradient.
@@ -260,10 +250,10 @@ mod tests {
             let grads = (picked.clone() * weights.clone()).sum().backward();
             (picked.inner(), logits.grad(&grads).expect("dlogits"))
         };
-        let before = BACKWARD_CALLS.with(Cell::get);
+        let before = backward_calls("cross_entropy");
         let (picked, grad) = run(true);
         assert_eq!(
-            BACKWARD_CALLS.with(Cell::get),
+            backward_calls("cross_entropy"),
             before + 1,
             "custom backward ran"
         );

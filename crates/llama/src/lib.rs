@@ -46,6 +46,8 @@ pub mod lora;
 pub mod model;
 #[cfg(feature = "tch")]
 pub mod nccl;
+#[cfg(test)]
+mod op_tests;
 pub mod pretrained;
 pub mod rms_norm;
 pub mod rope;

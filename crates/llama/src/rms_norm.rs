@@ -84,7 +84,7 @@ impl<B: Backend + RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, 
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
+                crate::op_tests::count_backward("rms_norm");
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (input, weight, rstd) = ops.state;
                 let [input_node, weight_node] = ops.parents;
@@ -290,18 +290,8 @@ mod libtorch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op_tests::{backward_calls, max_abs_diff};
     use burn::tensor::{Device, Distribution};
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Runs of the custom backward on this thread (to tell it from burn differentiating
-        /// the forward's ops). Per thread: tests on other threads train models that run it too.
-        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
-    }
 
     /// The composed `Tensor` code the operation replaces, differentiated by burn's autodiff.
     fn composed(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
@@ -334,10 +324,10 @@ mod tests {
                 weight.grad(&grads).expect("dweight"),
             )
         };
-        let before = BACKWARD_CALLS.with(Cell::get);
+        let before = backward_calls("rms_norm");
         let (out, dx, dw) = run(true);
         assert_eq!(
-            BACKWARD_CALLS.with(Cell::get),
+            backward_calls("rms_norm"),
             before + 1,
             "custom backward ran"
         );

@@ -64,7 +64,7 @@ impl<B: Backend + SwiGluOps, C: CheckpointStrategy> SwiGluOps for Autodiff<B, C>
                 _checkpointer: &mut Checkpointer,
             ) {
                 #[cfg(test)]
-                tests::BACKWARD_CALLS.with(|calls| calls.set(calls.get() + 1));
+                crate::op_tests::count_backward("swiglu");
                 let grad_output = grads.consume::<B>(&ops.node);
                 let (gate, up) = ops.state;
                 let [gate_node, up_node] = ops.parents;
@@ -168,18 +168,9 @@ mod libtorch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op_tests::{backward_calls, max_abs_diff};
     use burn::tensor::activation::silu;
     use burn::tensor::{Device, Distribution};
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Runs of the custom backward on this thread (other threads' tests run it too).
-        pub(super) static BACKWARD_CALLS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
-    }
 
     #[test]
     fn matches_the_composed_gate_and_its_gradients() {
@@ -203,13 +194,9 @@ mod tests {
                 up.grad(&grads).expect("d up"),
             )
         };
-        let before = BACKWARD_CALLS.with(Cell::get);
+        let before = backward_calls("swiglu");
         let (out, d_gate, d_up) = run(true);
-        assert_eq!(
-            BACKWARD_CALLS.with(Cell::get),
-            before + 1,
-            "custom backward ran"
-        );
+        assert_eq!(backward_calls("swiglu"), before + 1, "custom backward ran");
         let (out_ref, d_gate_ref, d_up_ref) = run(false);
         assert!(max_abs_diff(out, out_ref) < 1e-5);
         assert!(max_abs_diff(d_gate, d_gate_ref) < 1e-5);
