@@ -43,6 +43,7 @@ pub mod kv_write;
 pub mod layer_checkpoint;
 pub mod loglikelihood;
 pub mod lora;
+pub mod lora_linear;
 pub mod model;
 #[cfg(feature = "tch")]
 pub mod nccl;

@@ -143,12 +143,26 @@ impl LoraAdapter {
                 .mul_scalar(self.scale)
                 .cast(dtype);
         }
-        // The scale goes into B ([rank, out], tiny) rather than onto the [tokens, out] output,
-        // which saves a pass over the output in the forward and one in the backward. The casts
-        // are of the factors only; their backward casts the gradients back to f32.
-        let a = self.a.val().cast(dtype);
-        let b = self.b.val().mul_scalar(self.scale).cast(dtype);
+        let (a, b) = self.factors(dtype);
         linear(linear(self.dropout.forward(x), a, None), b, None)
+    }
+
+    /// `A` and `scale·B` in `dtype`. The scale goes into B ([rank, out], tiny) rather than
+    /// onto the [tokens, out] output, which saves a pass over the output in the forward and
+    /// one in the backward. The casts are of the factors only; their backward casts the
+    /// gradients back to f32.
+    pub fn factors(&self, dtype: burn::tensor::DType) -> (Tensor<2>, Tensor<2>) {
+        (
+            self.a.val().cast(dtype),
+            self.b.val().mul_scalar(self.scale).cast(dtype),
+        )
+    }
+
+    /// Whether the projection can run as one operation with its base product
+    /// ([`crate::lora_linear`]): the adapter computes in the model's dtype on the same input
+    /// (no dropout mask between them).
+    pub fn fuses_with_base(&self) -> bool {
+        !self.f32_compute && self.dropout.prob == 0.0
     }
 
     /// The dense update `scale·A·B` `[in, out]` in f32 (for merging).

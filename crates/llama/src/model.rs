@@ -16,6 +16,7 @@ use crate::kv_cache::KvCache;
 use crate::kv_write::kv_write;
 use crate::layer_checkpoint::checkpointed_layer;
 use crate::lora::LoraAdapter;
+use crate::lora_linear::lora_linear;
 use crate::rms_norm::rms_norm;
 use crate::rope::{Rope, apply_rotary};
 use crate::swiglu::swiglu;
@@ -44,6 +45,10 @@ impl Projection {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
             None => linear(x, self.weight.val(), None),
+            Some(adapter) if adapter.fuses_with_base() => {
+                let (a, b) = adapter.factors(x.dtype());
+                lora_linear(x, self.weight.val(), a, b)
+            }
             Some(adapter) => linear(x.clone(), self.weight.val(), None) + adapter.forward(x),
         }
     }
