@@ -3,8 +3,9 @@
 //!
 //! Composed, the base product and the adapter's product are summed by an add kernel in the
 //! forward, and autodiff sums the input's two gradients (through `W` and through `A`) with
-//! another: two passes over a `[tokens × width]` activation per projection and direction, 14 per
-//! decoder layer (~10 ms of a 2048-token step of the 8B model on an H100). As one operation
+//! another: one pass over a `[tokens × width]` activation per projection and direction, 14 per
+//! decoder layer (the profile in docs/benchmarks.md counts 794 bf16 adds, 12.8 ms, in a
+//! 2048-token step of the 8B model; this operation measured 2.8% of the step). As one operation
 //! on LibTorch, `(x·A)·B` is added by `addmm_` into `x·W` in place (the GEMM's epilogue reads
 //! the output once) and `(dy·Bᵀ)·Aᵀ` likewise into `dy·Wᵀ`, as Unsloth's `fast_lora.py` does.
 //! Other backends run [`reference_forward`] and [`reference_backward`] in their own ops.
@@ -217,30 +218,28 @@ fn not_asked<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
     B::float_expand(one, shape)
 }
 
-/// Whether four tensors can take the fused path: one dtype, 2-D, shapes that chain.
-#[allow(dead_code)] // used by the LibTorch implementation only
-fn chains(x: &Shape, weight: &Shape, a: &Shape, b: &Shape) -> bool {
-    let two = |s: &Shape| s.num_dims() == 2;
-    two(x)
-        && two(weight)
-        && two(a)
-        && two(b)
-        && x[1] == weight[0]
-        && x[1] == a[0]
-        && a[1] == b[0]
-        && b[1] == weight[1]
-}
-
 #[cfg(feature = "tch")]
 mod libtorch {
     //! PyTorch's GEMMs, the low-rank term accumulated with `addmm_`.
     #![allow(deprecated)] // burn-tch is deprecated upstream; it is the backend that links LibTorch
 
-    use super::{
-        LoraGrads, LoraLinearOps, chains, not_asked, reference_backward, reference_forward,
-    };
+    use super::{LoraGrads, LoraLinearOps, not_asked, reference_backward, reference_forward};
     use burn::backend::libtorch::TchTensor;
     use burn::backend::{LibTorch, TensorMetadata};
+    use burn::tensor::Shape;
+
+    /// Whether the four shapes can take the fused path: 2-D, and they chain.
+    fn chains(x: &Shape, weight: &Shape, a: &Shape, b: &Shape) -> bool {
+        let two = |s: &Shape| s.num_dims() == 2;
+        two(x)
+            && two(weight)
+            && two(a)
+            && two(b)
+            && x[1] == weight[0]
+            && x[1] == a[0]
+            && a[1] == b[0]
+            && b[1] == weight[1]
+    }
 
     /// `TUNELOOP_FUSED_LORA=0` takes the reference path on LibTorch too (to compare).
     fn fused_enabled() -> bool {

@@ -319,7 +319,7 @@ impl Ledger {
         self.with(|c| fail(c, hash, error, attempts, now_ms()))
     }
 
-    /// Records a provider batch before anything is uploaded: its row, and for every member the
+    /// Records a provider batch before anything is uploaded (and returns its row): its row, and for every member the
     /// request row (pending) and an attempt counted at its upper bound, in one transaction. A
     /// process killed after this point keeps the batch's bound in the total spend and finds the
     /// batch again on rerun instead of paying for a second one.
@@ -329,7 +329,7 @@ impl Ledger {
         route: &str,
         model: &str,
         members: &mut [(BatchMember, String)],
-    ) -> Result<()> {
+    ) -> Result<BatchRow> {
         let now = now_ms();
         self.with(|c| {
             let tx = c.transaction()?;
@@ -358,6 +358,13 @@ impl Ledger {
                 ])?;
             }
             tx.commit()
+        })?;
+        Ok(BatchRow {
+            key: key.to_owned(),
+            route: route.to_owned(),
+            input_file_id: None,
+            batch_id: None,
+            created_unix_ms: now,
         })
     }
 

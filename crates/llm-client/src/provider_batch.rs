@@ -246,8 +246,10 @@ impl LlmClient {
         }
         // A waiting request missing here belonged to a batch whose task died: retry it.
         outcomes.retain(|(hash, _)| waiting.contains_key(hash));
+        let reported: std::collections::HashSet<String> =
+            outcomes.iter().map(|(hash, _)| hash.clone()).collect();
         for hash in waiting.keys() {
-            if !outcomes.iter().any(|(h, _)| h == hash) {
+            if !reported.contains(hash) {
                 outcomes.push((
                     hash.clone(),
                     Err(Error::ProviderBatch {
@@ -307,14 +309,7 @@ impl LlmClient {
         inner
             .budget
             .settle(bound, if recorded.is_ok() { bound } else { 0.0 });
-        recorded?;
-        Ok(BatchRow {
-            key,
-            route: route.to_owned(),
-            input_file_id: None,
-            batch_id: None,
-            created_unix_ms: now_unix_ms(),
-        })
+        recorded
     }
 
     /// Submits (or finds) a batch, polls it to its end and settles its members.
@@ -508,12 +503,26 @@ impl LlmClient {
                             number + 1
                         ),
                     })?;
-                lines.insert(line.custom_id.clone(), line);
+                if let Some(earlier) = lines.insert(line.custom_id.clone(), line) {
+                    tracing::warn!(
+                        batch = batch.id,
+                        "two lines for request {}: the later one is read",
+                        earlier.custom_id
+                    );
+                }
             }
         }
         let mut answers = Vec::with_capacity(members.len());
         for member in members {
             answers.push(self.member_outcome(member, lines.remove(&member.hash), batch, settings));
+        }
+        if !lines.is_empty() {
+            // Not ours to settle (the ledger names every member): said, not silently dropped.
+            tracing::warn!(
+                batch = batch.id,
+                "{} lines of the batch's files name no member of it; not read",
+                lines.len()
+            );
         }
         let outcomes: Vec<(&BatchMember, MemberOutcome<'_>)> = members
             .iter()
@@ -783,10 +792,4 @@ fn parse_control<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str) -> Re
         status: 200,
         detail: format!("{path}: {e}"),
     })
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
