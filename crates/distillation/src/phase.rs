@@ -18,7 +18,8 @@ use failure_mining::run::{JudgeSource, run_items_judged};
 use llama::Pretrained;
 use llama::device::select_device_named;
 use llm_client::{
-    ChatRequest, LlmClient, LlmSettings, Progress, extract_json, parse_judge_score, with_llm,
+    ChatRequest, JsonSchema, LlmClient, LlmSettings, Progress, extract_json, parse_judge_score,
+    with_llm,
 };
 use lora_training::phase::{Phase1aConfig, Phase1aOptions, run_phase1a};
 use lora_training::{DataConfig, Group};
@@ -459,6 +460,57 @@ fn request(prompt: String, max_tokens: u32, temperature: f32, seed: u64) -> Chat
         .with_seed(seed)
 }
 
+/// The shape the targeted template asks for, as a schema the endpoint enforces where it can
+/// (OpenAI structured outputs, vLLM, `serve`): exactly `count` examples, each with its
+/// instruction before its response and answer. Where it cannot, the client puts the schema in
+/// the prompt, and [`parse_targeted`] reads whatever comes back either way.
+pub fn targeted_schema(count: usize) -> JsonSchema {
+    JsonSchema {
+        name: "targeted_examples".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "examples": {
+                    "type": "array",
+                    "minItems": count,
+                    "maxItems": count,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "instruction": {"type": "string"},
+                            "response": {"type": "string"},
+                            "answer": {"type": "string"}
+                        },
+                        "required": ["instruction", "response", "answer"],
+                        "additionalProperties": false
+                    }
+                }
+            },
+            "required": ["examples"],
+            "additionalProperties": false
+        }),
+        strict: true,
+    }
+}
+
+/// The judge's verdict as the judge template asks for it: an integer score from 1 to 10, then
+/// a one-line reason (bounded, so a small judge cannot ramble past its token limit).
+pub fn judge_schema() -> JsonSchema {
+    JsonSchema {
+        name: "judge_verdict".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "score": {"type": "integer", "minimum": 1, "maximum": 10},
+                "reason": {"type": "string", "maxLength": 200}
+            },
+            "required": ["score", "reason"],
+            "additionalProperties": false
+        }),
+        strict: true,
+    }
+}
+
 fn example_id(request_hash: &str, index: usize) -> String {
     let digest = Sha256::digest(format!("{request_hash}:{index}").as_bytes());
     format!("tc-{}", &hex::encode(digest)[..16])
@@ -534,7 +586,8 @@ async fn generate(
                     generate.max_tokens,
                     generate.temperature,
                     index as u64,
-                ),
+                )
+                .with_json_schema(targeted_schema(wanted)),
                 target.cluster,
                 Strategy::Targeted,
                 seeds.iter().map(|item| item.id.clone()).collect(),
@@ -834,6 +887,7 @@ async fn judge(
                     0.0,
                     attempt as u64,
                 )
+                .with_json_schema(judge_schema())
             })
             .collect();
         let hashes: Vec<String> = requests

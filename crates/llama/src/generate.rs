@@ -80,6 +80,11 @@ pub struct TokenStep<'a> {
     pub finished: Option<FinishReason>,
 }
 
+/// Restricts each running sequence's next token before it is chosen: called with the prompt's
+/// index and that sequence's next-token logits (f32, the model's whole vocabulary). An entry
+/// set to -inf is never chosen, greedy or sampled (constrained decoding, e.g. a JSON schema).
+pub type LogitsMask<'a> = dyn FnMut(usize, &mut [f32]) + 'a;
+
 /// [`generate`] with per-step reporting, for streaming servers: `on_step` is called once per
 /// decode step for every sequence still running, right after its new token was taken (or
 /// rejected as a stop token). Returning `Some(reason)` ends that sequence now with `reason`
@@ -105,6 +110,7 @@ pub fn generate_streaming(
         config,
         device,
         seeds,
+        None,
         on_step,
     )
 }
@@ -119,10 +125,22 @@ pub fn generate_with(
     config: &GenerationConfig,
     device: &Device,
 ) -> Result<Vec<Generation>> {
-    generate_streaming_with(model, graphs, prompts, config, device, None, &mut |_| None)
+    generate_streaming_with(
+        model,
+        graphs,
+        prompts,
+        config,
+        device,
+        None,
+        None,
+        &mut |_| None,
+    )
 }
 
-/// [`generate_streaming`] with [`generate_with`]'s kept graphs.
+/// [`generate_streaming`] with [`generate_with`]'s kept graphs and an optional `logits_mask` on every
+/// step's logits. A masked batch is decoded from host logits (no device argmax, no captured
+/// graph), since the mask needs each row's logits before the token is chosen.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_streaming_with(
     model: &Llama,
     graphs: &DecodeGraphs,
@@ -130,6 +148,7 @@ pub fn generate_streaming_with(
     config: &GenerationConfig,
     device: &Device,
     seeds: Option<&[u64]>,
+    mut logits_mask: Option<&mut LogitsMask<'_>>,
     on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Result<Vec<Generation>> {
     if let Some(seeds) = seeds
@@ -172,7 +191,15 @@ pub fn generate_streaming_with(
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
     for chunk in order.chunks(config.batch_size) {
         let generations = generate_batch(
-            model, graphs, prompts, chunk, config, device, seeds, on_step,
+            model,
+            graphs,
+            prompts,
+            chunk,
+            config,
+            device,
+            seeds,
+            logits_mask.as_deref_mut(),
+            on_step,
         );
         for (&index, generation) in chunk.iter().zip(generations) {
             results[index] = Some(generation);
@@ -360,6 +387,7 @@ fn generate_batch(
     config: &GenerationConfig,
     device: &Device,
     seeds: Option<&[u64]>,
+    logits_mask: Option<&mut LogitsMask<'_>>,
     on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Vec<Generation> {
     // Greedy decoding on a LibTorch GPU replays one captured step (launching ~1,500 kernels
@@ -367,6 +395,7 @@ fn generate_batch(
     // turns this off (eager steps, as on the CPU).
     #[cfg(feature = "tch")]
     if config.temperature <= 0.0
+        && logits_mask.is_none()
         && config.max_new_tokens > 1
         && std::env::var_os("TUNELOOP_CUDA_GRAPHS").is_none_or(|v| v != "0")
         && let Some(gpu) = crate::cuda_graph::cuda_index(device)
@@ -395,7 +424,16 @@ fn generate_batch(
     }
     #[cfg(not(feature = "tch"))]
     let _ = graphs; // kept graphs exist on LibTorch GPUs only
-    eager_batch(model, prompts, indices, config, device, seeds, on_step)
+    eager_batch(
+        model,
+        prompts,
+        indices,
+        config,
+        device,
+        seeds,
+        logits_mask,
+        on_step,
+    )
 }
 
 /// The verdicts a caller's `on_step` gave, per prompt in step order.
@@ -444,6 +482,7 @@ fn eager_batch_resuming(
         config,
         device,
         seeds,
+        None,
         &mut |step| match reported.verdict(step.prompt_index, replayed[step.prompt_index]) {
             Some(verdict) => {
                 replayed[step.prompt_index] += 1;
@@ -456,6 +495,7 @@ fn eager_batch_resuming(
 
 /// Decoding with a cache that grows by one column per step and drops finished rows; sampling
 /// or greedy, on any device.
+#[allow(clippy::too_many_arguments)]
 fn eager_batch(
     model: &Llama,
     prompts: &[Vec<u32>],
@@ -463,8 +503,10 @@ fn eager_batch(
     config: &GenerationConfig,
     device: &Device,
     seeds: Option<&[u64]>,
+    mut logits_mask: Option<&mut LogitsMask<'_>>,
     on_step: &mut dyn FnMut(TokenStep<'_>) -> Option<FinishReason>,
 ) -> Vec<Generation> {
+    let host_logits = logits_mask.is_some();
     let mut sequences = new_sequences(indices, config, seeds);
     if config.max_new_tokens > 0 {
         let batch: Vec<&[u32]> = indices.iter().map(|&i| prompts[i].as_slice()).collect();
@@ -473,9 +515,9 @@ fn eager_batch(
         let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
         // Rows of `cache` (and of `next`) ↔ positions in `sequences`.
         let mut active: Vec<usize> = (0..sequences.len()).collect();
-        let mut next = NextTokens::pick(model, hidden, config.temperature);
+        let mut next = NextTokens::pick(model, hidden, config.temperature, host_logits);
         loop {
-            let chosen: Vec<u32> = match &next {
+            let chosen: Vec<u32> = match &mut next {
                 NextTokens::Greedy { host, .. } => host.clone(),
                 NextTokens::Logits(logits) => {
                     let vocab = logits.len() / active.len();
@@ -483,8 +525,11 @@ fn eager_batch(
                         .iter()
                         .enumerate()
                         .map(|(row, &seq)| {
-                            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+                            let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
                             let sequence = &mut sequences[seq];
+                            if let Some(logits_mask) = logits_mask.as_deref_mut() {
+                                logits_mask(sequence.prompt_index, row_logits);
+                            }
                             sample(
                                 row_logits,
                                 config.temperature,
@@ -521,7 +566,7 @@ fn eager_batch(
             }
             let mask = Tensor::<2, Int>::ones([rows, 1], device);
             let hidden = model.forward_hidden(tokens, mask, Some(&mut cache));
-            next = NextTokens::pick(model, hidden, config.temperature);
+            next = NextTokens::pick(model, hidden, config.temperature, host_logits);
         }
     }
     finished(sequences, prompts)
@@ -565,7 +610,7 @@ fn generate_batch_fixed(
     #[cfg(not(feature = "tch"))]
     let mut cache = KvCache::on_device_with_capacity(capacity);
     let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
-    let first = match NextTokens::pick(model, hidden, 0.0) {
+    let first = match NextTokens::pick(model, hidden, 0.0, false) {
         NextTokens::Greedy { device, .. } => *device,
         NextTokens::Logits(_) => unreachable!("temperature 0 picks on the device"),
     };
@@ -746,11 +791,12 @@ enum NextTokens {
 }
 
 impl NextTokens {
-    fn pick(model: &Llama, hidden: Tensor<3>, temperature: f32) -> Self {
+    /// `host_logits`: return the logits even for greedy decoding (a mask must see them).
+    fn pick(model: &Llama, hidden: Tensor<3>, temperature: f32, host_logits: bool) -> Self {
         let [batch, seq, width] = hidden.dims();
         debug_assert_eq!(width, model.config().hidden_size);
         let logits = model.logits(hidden.narrow(1, seq - 1, 1));
-        if temperature <= 0.0 {
+        if temperature <= 0.0 && !host_logits {
             // Ties go to the lowest id on every backend, as [`argmax`] on the host.
             let ids = logits.argmax(2).reshape([batch, 1]);
             let host = ids
@@ -949,7 +995,8 @@ mod tests {
             None => KvCache::on_device_with_capacity(GRAPH_CACHE_STEP),
         };
         let hidden = model.forward_hidden(tokens, mask.clone(), Some(&mut cache));
-        let NextTokens::Greedy { device: first, .. } = NextTokens::pick(model, hidden, 0.0) else {
+        let NextTokens::Greedy { device: first, .. } = NextTokens::pick(model, hidden, 0.0, false)
+        else {
             unreachable!("greedy")
         };
         let mut decoder = match reused {

@@ -384,6 +384,42 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Every token id's bytes as they enter the text (`None` for special tokens, which are not
+    /// text), for matching tokens against a grammar while decoding. Byte-level BPE only (GPT-2's
+    /// printable alphabet mapped back to bytes): that is every tokenizer this crate loads from a
+    /// GGUF, and Llama 3's and SmolLM2's; another kind is an error rather than a wrong guess.
+    pub fn token_bytes(&self) -> Result<Vec<Option<Vec<u8>>>> {
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        );
+        if !byte_level {
+            return Err(Error::Tokenizer(
+                "token bytes are known for byte-level BPE tokenizers only (the decoder is not ByteLevel)"
+                    .into(),
+            ));
+        }
+        let alphabet = byte_level_alphabet();
+        let mut byte_of = std::collections::HashMap::with_capacity(256);
+        for (byte, c) in alphabet.iter().enumerate() {
+            byte_of.insert(*c, byte as u8);
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        Ok((0..self.vocab_size() as u32)
+            .map(|id| match added.get(&id) {
+                Some(token) if token.special => None,
+                // A non-special added token is inserted as its text.
+                Some(token) => Some(token.content.as_bytes().to_vec()),
+                None => self
+                    .inner
+                    .id_to_token(id)?
+                    .chars()
+                    .map(|c| byte_of.get(&c).copied())
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

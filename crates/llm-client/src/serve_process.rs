@@ -193,7 +193,7 @@ impl ServeProcess {
     }
 
     /// An endpoint for [`crate::ClientConfig`]: no key; serve accepts `response_format`
-    /// (prompted, not enforced) and `max_completion_tokens`.
+    /// (enforced while decoding: structured outputs) and `max_completion_tokens`.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::new(&self.base_url, &self.model_name)
     }

@@ -10,6 +10,7 @@
 //! The same thread scores token sequences ([`ScoreRequest`]: log-probabilities of a prompt
 //! or of an answer, for `logprobs`): one forward pass each, run before the next batch.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::json_constraint::{JsonGrammar, JsonState, TokenMask};
 
 /// How the engine batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +82,16 @@ pub struct GenerationRequest {
     pub max_tokens: usize,
     /// Text-level stop strings: the answer ends before the first occurrence of any.
     pub stop: Vec<String>,
+    /// Structured output: every token is chosen among those the grammar allows, and the
+    /// answer ends when the JSON value is complete.
+    pub constraint: Option<Constraint>,
+}
+
+/// A grammar and the vocabulary it is matched against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Constraint {
+    pub grammar: Arc<JsonGrammar>,
+    pub tokens: Arc<TokenMask>,
 }
 
 /// What the model thread sends back for one request, in order: deltas, then one `Done` (or
@@ -379,10 +391,27 @@ fn run_batch(
     };
     let mut texts: Vec<TextStream> = jobs.iter().map(|_| TextStream::default()).collect();
     let tokenizer = &model.tokenizer;
+    // Structured outputs: each constrained request's grammar state, shared by the mask (which
+    // reads it before a token is chosen) and `on_step` (which moves it over the chosen token).
+    let states: RefCell<Vec<Option<Grammar>>> = RefCell::new(
+        jobs.iter()
+            .map(|job| job.request.constraint.as_ref().map(Grammar::start))
+            .collect(),
+    );
+    let constrained = states.borrow().iter().any(Option::is_some);
     let mut on_step = |step: TokenStep<'_>| -> Option<FinishReason> {
         let job = jobs[step.prompt_index];
         let text = &mut texts[step.prompt_index];
-        on_token(job, text, tokenizer, step)
+        let grammar = match states.borrow_mut()[step.prompt_index].as_mut() {
+            Some(grammar) => grammar.follow(step.tokens),
+            None => GrammarProgress::Open,
+        };
+        on_token(job, text, tokenizer, step, grammar)
+    };
+    let mut mask = |prompt_index: usize, logits: &mut [f32]| {
+        if let Some(grammar) = states.borrow_mut()[prompt_index].as_mut() {
+            grammar.restrict(logits);
+        }
     };
     let result = generate_streaming_with(
         &model.model,
@@ -391,6 +420,7 @@ fn run_batch(
         &config,
         &model.model.device(),
         Some(&seeds),
+        constrained.then_some(&mut mask as &mut llama::generate::LogitsMask<'_>),
         &mut on_step,
     );
     if let Err(error) = result {
@@ -409,6 +439,64 @@ fn run_batch(
     );
 }
 
+/// One constrained request's place in its grammar.
+struct Grammar {
+    constraint: Constraint,
+    state: JsonState,
+    /// Tokens of the answer the state has moved over.
+    followed: usize,
+    /// The mask found no token to allow (a grammar with no way on; not expected with a
+    /// byte-level vocabulary): the request is failed rather than answered unconstrained.
+    stuck: bool,
+}
+
+/// Where a request stands against its grammar after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrammarProgress {
+    /// Unconstrained, or the value is still open.
+    Open,
+    /// The JSON value is complete: the answer ends here.
+    Complete,
+    /// The grammar could not continue (see [`Grammar::stuck`]).
+    Stuck,
+}
+
+impl Grammar {
+    fn start(constraint: &Constraint) -> Self {
+        Self {
+            state: constraint.grammar.start(),
+            constraint: constraint.clone(),
+            followed: 0,
+            stuck: false,
+        }
+    }
+
+    /// Moves over the tokens of `answer` not yet followed (a stop token never enters it).
+    fn follow(&mut self, answer: &[u32]) -> GrammarProgress {
+        let Constraint { grammar, tokens } = &self.constraint;
+        for &token in &answer[self.followed.min(answer.len())..] {
+            if !tokens.advance(grammar, &mut self.state, token) {
+                self.stuck = true;
+            }
+        }
+        self.followed = answer.len();
+        if self.stuck {
+            GrammarProgress::Stuck
+        } else if self.state.is_complete() {
+            GrammarProgress::Complete
+        } else {
+            GrammarProgress::Open
+        }
+    }
+
+    fn restrict(&mut self, logits: &mut [f32]) {
+        let Constraint { grammar, tokens } = &self.constraint;
+        if tokens.restrict(grammar, &self.state, logits) == 0 {
+            self.stuck = true;
+        }
+    }
+}
+
 /// Handles one new token of one request: decode, look for stop strings, send the text that is
 /// safe to show, and decide whether the request is over.
 fn on_token(
@@ -416,8 +504,16 @@ fn on_token(
     text: &mut TextStream,
     tokenizer: &Tokenizer,
     step: TokenStep<'_>,
+    grammar: GrammarProgress,
 ) -> Option<FinishReason> {
     if text.done {
+        return Some(FinishReason::Stop);
+    }
+    if grammar == GrammarProgress::Stuck {
+        text.done = true;
+        let _ = job.events.send(Event::Failed(
+            "constrained decoding reached a state that no token of the vocabulary continues".into(),
+        ));
         return Some(FinishReason::Stop);
     }
     if job.events.is_closed() {
@@ -435,7 +531,8 @@ fn on_token(
         }
     };
     let at_limit = step.tokens.len() >= job.request.max_tokens;
-    let ending = step.finished.is_some() || at_limit;
+    let complete = grammar == GrammarProgress::Complete;
+    let ending = step.finished.is_some() || at_limit || complete;
     let advance = text.advance(&decoded, &job.request.stop, ending);
     if let Some(delta) = advance.delta {
         let _ = job.events.send(Event::Delta(delta));
@@ -446,6 +543,9 @@ fn on_token(
         // A stop token ends the sequence without entering `tokens`; it was still generated.
         let extra = usize::from(reason == FinishReason::Stop);
         (reason, step.tokens.len() + extra)
+    } else if complete {
+        // The value is whole: nothing but an end of turn could follow.
+        (FinishReason::Stop, step.tokens.len())
     } else if at_limit {
         (FinishReason::Length, step.tokens.len())
     } else {

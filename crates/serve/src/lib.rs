@@ -32,9 +32,13 @@
 //!   refused), `suffix` is refused, `max_tokens` defaults to 16 as OpenAI's;
 //! - `n` / `best_of` must be 1; `logit_bias`, non-zero penalties, tools and non-text content
 //!   parts are refused with 400 rather than ignored;
-//! - `response_format` `json_object` / `json_schema` is *prompted, not enforced*: the server
-//!   adds a system instruction (with the schema) and decodes normally, so the answer may still
-//!   be invalid JSON; parse it tolerantly (`llm_client::extract_json`);
+//! - `response_format` `json_object` / `json_schema` is *enforced* (structured outputs, see
+//!   [`json_constraint`]): the server adds a system instruction with the schema, and every
+//!   token is chosen among those that keep the answer a valid prefix of JSON of that schema;
+//!   the answer ends when the object is complete. Only a `max_tokens` cut (finish reason
+//!   `length`) leaves it unfinished. A schema keyword the grammar cannot enforce (`pattern`,
+//!   `format`, `$ref`, `anyOf`, ...) is refused with 400 naming its path, which
+//!   `llm_client` answers by putting the schema in the prompt instead;
 //! - `usage.completion_tokens` counts every generated token including the end-of-turn token.
 //!
 //! Concurrent requests with the same `temperature` / `top_p` are decoded as one batch on the
@@ -43,6 +47,7 @@
 mod error;
 
 pub mod engine;
+pub mod json_constraint;
 pub mod openai;
 pub mod server;
 

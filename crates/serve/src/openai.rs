@@ -2,12 +2,16 @@
 //! leniently where OpenAI is lenient, strictly where a silent misreading would change the
 //! answer), the responses with their log-probabilities, the stream chunk and the error body.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::http::header::{HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::json_constraint::JsonGrammar;
 
 /// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}` with a status.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,9 +246,11 @@ pub struct ValidatedRequest {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
-    /// An instruction added as a system message for `json_object` / `json_schema`
-    /// (the output is prompted, not constrained).
+    /// An instruction added as a system message for `json_object` / `json_schema`, so the
+    /// model knows what to write ...
     pub json_instruction: Option<String>,
+    /// ... and the grammar that decoding enforces.
+    pub json_grammar: Option<Arc<JsonGrammar>>,
     /// `logprobs: true`: return each answer token's log-probability with this many most
     /// likely alternatives (`top_logprobs`, default 0).
     pub logprobs: Option<u8>,
@@ -465,19 +471,31 @@ impl ChatCompletionRequest {
                 ));
             }
         }
-        let json_instruction = match &self.response_format {
-            None | Some(ResponseFormat::Text) => None,
-            Some(ResponseFormat::JsonObject) => {
-                Some("Answer with one JSON object and nothing else.".to_owned())
-            }
+        let (json_instruction, json_grammar) = match &self.response_format {
+            None | Some(ResponseFormat::Text) => (None, None),
+            Some(ResponseFormat::JsonObject) => (
+                Some("Answer with one JSON object and nothing else.".to_owned()),
+                Some(Arc::new(JsonGrammar::any_object())),
+            ),
             Some(ResponseFormat::JsonSchema { json_schema }) => {
                 let schema = json_schema
                     .schema
                     .clone()
                     .unwrap_or_else(|| serde_json::json!({"type": "object"}));
-                Some(format!(
-                    "Answer with one JSON object that conforms to this JSON Schema and nothing else:\n{schema}"
-                ))
+                let grammar = JsonGrammar::from_schema(&schema).map_err(|e| {
+                    let param = match e.path.as_str() {
+                        "" => "response_format.json_schema.schema".to_owned(),
+                        path => format!("response_format.json_schema.schema.{path}"),
+                    };
+                    let message = format!("This schema cannot be enforced: {}.", e.reason);
+                    ApiError::bad_request(param, message)
+                })?;
+                (
+                    Some(format!(
+                        "Answer with one JSON object that conforms to this JSON Schema and nothing else:\n{schema}"
+                    )),
+                    Some(Arc::new(grammar)),
+                )
             }
         };
         Ok(ValidatedRequest {
@@ -491,6 +509,7 @@ impl ChatCompletionRequest {
             stream,
             include_usage,
             json_instruction,
+            json_grammar,
             logprobs,
         })
     }

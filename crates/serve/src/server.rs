@@ -29,8 +29,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use llama::loglikelihood::PositionLogprobs;
 
-use crate::engine::{Engine, EngineOptions, Event, GenerationRequest, Sampling, ScoreRequest};
+use crate::engine::{
+    Constraint, Engine, EngineOptions, Event, GenerationRequest, Sampling, ScoreRequest,
+};
 use crate::error::{Error, Result};
+use crate::json_constraint::TokenMask;
 use crate::openai::{
     ApiError, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionRequest, Delta, ModelCard,
@@ -65,10 +68,21 @@ struct AppState {
     created: u64,
     template: ChatTemplate,
     tokenizer: Tokenizer,
+    /// The vocabulary's bytes for structured outputs; `None` when the tokenizer is not
+    /// byte-level BPE (then `response_format` JSON requests are refused).
+    token_mask: Option<Arc<TokenMask>>,
     context_length: usize,
     engine: Engine,
     next_id: AtomicU64,
     id_prefix: u64,
+}
+
+/// How a request's tokens are chosen.
+struct Decoding {
+    sampling: Sampling,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    constraint: Option<Constraint>,
 }
 
 fn unix_now() -> u64 {
@@ -92,6 +106,13 @@ impl Server {
             .map_err(Error::ChatTemplate)?
             .ok_or(Error::NoChatTemplate)?;
         let tokenizer = model.tokenizer.clone();
+        let token_mask = match tokenizer.token_bytes() {
+            Ok(bytes) => Some(Arc::new(TokenMask::new(bytes, &model.stop_token_ids()))),
+            Err(error) => {
+                tracing::warn!("structured outputs are off for this model: {error}");
+                None
+            }
+        };
         let context_length = model.config().max_position_embeddings;
         let engine = Engine::start(model, options.engine)?;
         Ok(Self {
@@ -100,6 +121,7 @@ impl Server {
                 created: unix_now(),
                 template,
                 tokenizer,
+                token_mask,
                 context_length,
                 engine,
                 next_id: AtomicU64::new(0),
@@ -271,9 +293,12 @@ impl AppState {
             let accepted = self.queue(
                 prompt.clone(),
                 Some(request.max_tokens),
-                Sampling::new(request.temperature, request.top_p),
-                request.seed,
-                request.stop,
+                Decoding {
+                    sampling: Sampling::new(request.temperature, request.top_p),
+                    seed: request.seed,
+                    stop: request.stop,
+                    constraint: None,
+                },
                 false,
                 ("cmpl", "prompt"),
             )?;
@@ -464,12 +489,28 @@ impl AppState {
             .tokenizer
             .encode(&text, false)
             .map_err(|e| ApiError::internal(format!("tokenising the prompt failed: {e}")))?;
+        let constraint = match (request.json_grammar, &self.token_mask) {
+            (None, _) => None,
+            (Some(grammar), Some(tokens)) => Some(Constraint {
+                grammar,
+                tokens: tokens.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    "structured outputs need a byte-level BPE tokenizer, and this model's is not",
+                ));
+            }
+        };
         self.queue(
             prompt,
             request.max_tokens,
-            Sampling::new(request.temperature, request.top_p),
-            request.seed,
-            request.stop,
+            Decoding {
+                sampling: Sampling::new(request.temperature, request.top_p),
+                seed: request.seed,
+                stop: request.stop,
+                constraint,
+            },
             request.include_usage,
             ("chatcmpl", "messages"),
         )
@@ -477,14 +518,11 @@ impl AppState {
 
     /// Checks the context window and queues a generation. `(id_prefix, prompt_param)`: the
     /// response id's prefix and the request field that holds the prompt (for errors).
-    #[allow(clippy::too_many_arguments)]
     fn queue(
         &self,
         prompt: Vec<u32>,
         max_tokens: Option<u32>,
-        sampling: Sampling,
-        seed: Option<u64>,
-        stop: Vec<String>,
+        decoding: Decoding,
         include_usage: bool,
         (id_prefix, prompt_param): (&str, &str),
     ) -> Result<Accepted, ApiError> {
@@ -506,10 +544,11 @@ impl AppState {
         let prompt_tokens = prompt.len();
         let generation = GenerationRequest {
             prompt: prompt.clone(),
-            sampling,
-            seed: seed.unwrap_or_else(rand::random),
+            sampling: decoding.sampling,
+            seed: decoding.seed.unwrap_or_else(rand::random),
             max_tokens,
-            stop,
+            stop: decoding.stop,
+            constraint: decoding.constraint,
         };
         let events = self
             .engine
