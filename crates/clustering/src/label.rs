@@ -127,10 +127,12 @@ pub fn label_json_schema() -> serde_json::Value {
         "properties": {
             "name": {
                 "type": "string",
+                "maxLength": MAX_NAME_CHARS,
                 "description": "Short noun phrase naming the cluster."
             },
             "description": {
                 "type": "string",
+                "maxLength": MAX_DESCRIPTION_CHARS,
                 "description": "One sentence: what the items share and which skill they test."
             }
         },
@@ -416,18 +418,58 @@ pub async fn label_clusters_contrastive<L: ClusterLabeller>(
             .filter(|&(other, _)| other != index)
             .map(|(_, line)| line.clone())
             .collect();
-        match labeller.label(&description).await {
+        let labelled = match labeller.label(&description).await {
+            Ok(label) => match copied_from_prompt(&label, &description) {
+                Some(copied) => Err(Error::LabelResponse {
+                    reason: "the label copies its prompt or schema instead of naming the cluster",
+                    excerpt: truncate_chars(copied, 200),
+                }
+                .to_string()),
+                None => Ok(label),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        match labelled {
             Ok(label) => {
                 record.label = Some(label);
                 outcomes.push((record.id, Ok(())));
             }
             Err(error) => {
                 record.label = Some(KeywordFallbackLabeller.label_now(&description));
-                outcomes.push((record.id, Err(error.to_string())));
+                outcomes.push((record.id, Err(error)));
             }
         }
     }
     outcomes
+}
+
+/// Copied text this long or longer is not a name a model wrote (a short phrase such as "date
+/// arithmetic" may appear in the prompt and still be a fair name).
+const COPY_MIN_CHARS: usize = 20;
+
+/// The label's name or description when it is a verbatim copy (case and spacing aside) of the
+/// prompt it was asked with or of the schema's own descriptions: what a small model does
+/// ("1. Task: ... Model answered: B", "One sentence: what the items share ..."). Such a label
+/// would read as the LLM's in the report, so it falls back to keywords instead, visibly.
+fn copied_from_prompt<'a>(
+    label: &'a ClusterLabel,
+    description: &ClusterDescription,
+) -> Option<&'a str> {
+    let normalise = |text: &str| collapse_whitespace(text).to_lowercase();
+    let prompt = label_prompt(description);
+    let asked = normalise(&format!(
+        "{}\n{}\n{}",
+        prompt.system,
+        prompt.user,
+        label_json_schema()
+    ));
+    [label.name.as_str(), label.description.as_str()]
+        .into_iter()
+        .find(|text| {
+            let text = normalise(text);
+            let text = text.trim_end_matches('.');
+            text.chars().count() >= COPY_MIN_CHARS && asked.contains(text)
+        })
 }
 
 /// Labels every cluster with [`KeywordFallbackLabeller`] (no model, no async runtime).

@@ -259,3 +259,45 @@ fn contrastive_labelling_shows_the_other_clusters_and_falls_back_visibly() {
         prompt.user
     );
 }
+
+#[test]
+fn a_label_copied_from_its_prompt_or_schema_falls_back_to_keywords() {
+    let mut clusters = vec![record(0), record(1), record(2), record(3)];
+    clusters[0].representatives[0].text = "1. Task: commonsense qa. Model answered: B.".into();
+    clusters[3].representatives[0].text = "Compute 3/4 + 1/8 and simplify the result.".into();
+    let labeller = RecordingLabeller {
+        replies: vec![
+            // A representative's opening, as SmolLM2-135M answered under the schema.
+            r#"{"name":"1. Task: commonsense qa.","description":"Everyday knowledge."}"#,
+            // The schema's own description, echoed.
+            r#"{"name":"Fraction sums","description":"One sentence: what the items share and which skill they test."}"#,
+            // A short phrase that is also in the prompt is still a fair name.
+            r#"{"name":"Fraction","description":"Adding fractions with unlike denominators."}"#,
+            // Case and spacing do not hide a copy.
+            r#"{"name":"compute 3/4 +   1/8 AND simplify","description":"Sums."}"#,
+        ],
+        seen: Default::default(),
+    };
+    let outcomes = block_on(label_clusters_contrastive(&labeller, &mut clusters));
+    let error = |i: usize| outcomes[i].1.as_ref().err().cloned().unwrap_or_default();
+    assert!(
+        error(0).contains("copies its prompt") && error(0).contains("1. Task: commonsense qa."),
+        "{outcomes:?}"
+    );
+    assert!(
+        error(1).contains("One sentence: what the items share"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[2].1.is_ok(), "{outcomes:?}");
+    assert_eq!(clusters[2].label.as_ref().unwrap().name, "Fraction");
+    assert!(error(3).contains("compute 3/4"), "{outcomes:?}");
+    for index in [0, 1, 3] {
+        assert_eq!(
+            clusters[index].label.as_ref().unwrap().labelled_by,
+            "keyword-fallback"
+        );
+    }
+    // The schema bounds what a constrained labeller may write.
+    let schema = label_json_schema();
+    assert_eq!(schema["properties"]["name"]["maxLength"], 60);
+}
