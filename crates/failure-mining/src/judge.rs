@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use llm_client::{ChatRequest, LlmClient, Progress};
+use llm_client::{ChatRequest, JsonSchema, LlmClient, Progress};
 use records::jsonl::JsonlReader;
 use records::mining::{Grader, TestItem};
 use serde::Deserialize;
@@ -118,7 +118,8 @@ impl AnswerJudge {
                     panic!("{} is not a judge item", item.id);
                 };
                 let mut request = ChatRequest::user(judge_prompt(&item.question, reference, text))
-                    .with_max_tokens(256);
+                    .with_max_tokens(256)
+                    .with_json_schema(verdict_schema());
                 request.temperature = Some(0.0);
                 request.seed = Some(0);
                 Some(request)
@@ -183,6 +184,27 @@ pub fn judge_prompt(question: &str, reference: &str, reply: &str) -> String {
     )
 }
 
+/// The verdict as a schema the endpoint enforces where it can (OpenAI structured outputs, vLLM,
+/// `serve`): the reasoning first, bounded, then the one word, so a small local judge always
+/// gives a verdict instead of trailing off. [`parse_verdict`] reads it like a plain reply (the
+/// verdict is the last such word); where the endpoint cannot take a schema, the client puts it
+/// in the prompt.
+pub fn verdict_schema() -> JsonSchema {
+    JsonSchema {
+        name: "answer_verdict".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "reasoning": {"type": "string", "maxLength": 600},
+                "verdict": {"enum": ["CORRECT", "INCORRECT"]}
+            },
+            "required": ["reasoning", "verdict"],
+            "additionalProperties": false
+        }),
+        strict: true,
+    }
+}
+
 /// The judge's verdict: the last whole word `CORRECT` or `INCORRECT` (any case) in its reply;
 /// `None` when neither occurs. "not correct" reads as INCORRECT.
 pub fn parse_verdict(text: &str) -> Option<bool> {
@@ -220,6 +242,26 @@ mod tests {
         // "correctly" is not the verdict word.
         assert_eq!(parse_verdict("It answers correctly."), None);
         assert_eq!(parse_verdict(""), None);
+        // A structured verdict (verdict_schema) reads the same way: its verdict comes last.
+        let structured = |reasoning: &str, verdict: &str| {
+            serde_json::json!({"reasoning": reasoning, "verdict": verdict}).to_string()
+        };
+        assert_eq!(
+            parse_verdict(&structured("It says 8, which is not correct.", "INCORRECT")),
+            Some(false)
+        );
+        assert_eq!(
+            parse_verdict(&structured(
+                "Incorrect at first sight, but it matches.",
+                "CORRECT"
+            )),
+            Some(true)
+        );
+        let schema = verdict_schema();
+        assert_eq!(
+            schema.schema["required"],
+            serde_json::json!(["reasoning", "verdict"])
+        );
     }
 
     #[test]

@@ -191,6 +191,8 @@ fn open_answers_are_judged_once_through_faults_and_replayed_on_a_rerun() {
         "a judge answer was paid twice"
     );
     assert!(!delivered.is_empty() && delivered.len() <= 6);
+    // Every judge request asks for the structured verdict (enforced where the endpoint can).
+    assert!(log.iter().all(|r| r.had_response_format));
 
     let report = std::fs::read_to_string(&outcome.report_markdown).unwrap();
     assert!(
