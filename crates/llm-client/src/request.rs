@@ -3,8 +3,7 @@
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    ChatCompletionStreamOptions, CreateChatCompletionRequest, Prompt, ResponseFormat,
-    ResponseFormatJsonSchema, StopConfiguration,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, Prompt, StopConfiguration,
 };
 use async_openai::types::completions::CreateCompletionRequest;
 use serde::{Deserialize, Serialize};
@@ -219,17 +218,8 @@ impl ChatRequest {
                 MaxTokensField::MaxCompletionTokens => None,
             },
             seed: self.seed.map(|s| s as i64),
-            response_format: match (&self.json_schema, native_schema) {
-                (Some(schema), true) => Some(ResponseFormat::JsonSchema {
-                    json_schema: ResponseFormatJsonSchema {
-                        description: None,
-                        name: schema.name.clone(),
-                        schema: schema.schema.clone(),
-                        strict: Some(schema.strict),
-                    },
-                }),
-                _ => None,
-            },
+            // Written below, by hand: see `schema_text`.
+            response_format: None,
             stream: stream.then_some(true),
             stream_options: stream.then_some(ChatCompletionStreamOptions {
                 include_usage: Some(true),
@@ -241,8 +231,32 @@ impl ChatRequest {
                 .then(|| StopConfiguration::StringArray(self.stop.clone())),
             ..Default::default()
         };
-        serde_json::to_vec(&body).expect("a chat request always serialises")
+        let mut text = serde_json::to_string(&body).expect("a chat request always serialises");
+        if let (Some(schema), true) = (&self.json_schema, native_schema) {
+            // The body is an object with at least `model` and `messages`: add the field
+            // before its closing brace.
+            let format = format!(
+                ",\"response_format\":{{\"type\":\"json_schema\",\"json_schema\":{{\"name\":{},\"schema\":{},\"strict\":{}}}}}}}",
+                Value::String(schema.name.clone()),
+                schema_text(&schema.schema),
+                schema.strict
+            );
+            text.pop();
+            text.push_str(&format);
+        }
+        text.into_bytes()
     }
+}
+
+/// A JSON schema as text with each `properties` object's keys in the order of its `required`
+/// list, then the others. Endpoints with structured outputs (OpenAI among them) write an
+/// answer's properties in the order the schema lists them, and this crate's `serde_json` keeps
+/// object keys sorted, which would put a targeted example's `answer` before its
+/// `instruction`; `required` is a list, so its order is the author's.
+fn schema_text(schema: &Value) -> String {
+    let mut out = String::new();
+    write_json(schema, KeyOrder::SchemaRequired, None, &mut out);
+    out
 }
 
 /// One text completion request (`POST /v1/completions`): a raw prompt, no chat template.
@@ -491,38 +505,67 @@ impl ChatResponse {
 /// JSON text with object keys sorted at every level, so equal values hash equally whatever
 /// order their maps were built in.
 pub fn canonical_json(value: &Value) -> String {
-    fn write(value: &Value, out: &mut String) {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, key) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(key.clone()).to_string());
-                    out.push(':');
-                    write(&map[key], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
     let mut out = String::new();
-    write(value, &mut out);
+    write_json(value, KeyOrder::Sorted, None, &mut out);
     out
+}
+
+/// How [`write_json`] orders an object's keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyOrder {
+    /// Sorted at every level (hashing).
+    Sorted,
+    /// The map's own order, except that a schema's `properties` follow its `required` list.
+    SchemaRequired,
+}
+
+/// Writes `value` as compact JSON. `property_order` is set while writing a schema's
+/// `properties` map: its keys are property names (not keywords), in that order first.
+fn write_json(value: &Value, order: KeyOrder, property_order: Option<&[&str]>, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            match (order, property_order) {
+                (KeyOrder::Sorted, _) => keys.sort(),
+                // Stable: properties not required keep their order after the rest.
+                (KeyOrder::SchemaRequired, Some(required)) => keys.sort_by_key(|key| {
+                    required.iter().position(|r| r == key).unwrap_or(usize::MAX)
+                }),
+                (KeyOrder::SchemaRequired, None) => {}
+            }
+            let required: Vec<&str> = map
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|names| names.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                let child = &map[key];
+                let is_properties = order == KeyOrder::SchemaRequired
+                    && property_order.is_none()
+                    && key == "properties"
+                    && child.is_object();
+                write_json(child, order, is_properties.then_some(&required[..]), out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(item, order, None, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -681,6 +724,58 @@ mod tests {
                 .contains("\"score\"")
         );
         assert_eq!(messages[1]["content"], "rate this");
+    }
+
+    #[test]
+    fn schema_properties_go_on_the_wire_in_the_order_of_required() {
+        let inner = json!({
+            "type": "object",
+            "properties": {
+                "instruction": {"type": "string"},
+                "response": {"type": "string"},
+                "answer": {"type": "string"},
+                "zeta": {"type": "string"},
+                "alpha": {"type": "string"}
+            },
+            "required": ["instruction", "response", "answer"]
+        });
+        let schema = JsonSchema {
+            name: "examples".into(),
+            schema: json!({
+                "type": "object",
+                // A property named like a keyword stays a property name.
+                "properties": {"properties": {"type": "array", "items": inner}},
+                "required": ["properties"]
+            }),
+            strict: true,
+        };
+        let req = ChatRequest::user("write")
+            .with_max_tokens(8)
+            .with_json_schema(schema.clone());
+        let text = String::from_utf8(req.wire_body(&endpoint(), true, false)).unwrap();
+        let at = |key: &str| text.find(&format!("\"{key}\":{{\"type\"")).unwrap();
+        assert!(
+            at("instruction") < at("response") && at("response") < at("answer"),
+            "{text}"
+        );
+        // The others follow, in the map's (sorted) order.
+        assert!(
+            at("answer") < at("alpha") && at("alpha") < at("zeta"),
+            "{text}"
+        );
+        // The same JSON as the schema given, and the rest of the body as before.
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body["response_format"]["json_schema"]["schema"],
+            schema.schema
+        );
+        assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(body["max_completion_tokens"], 8);
+        assert_eq!(
+            schema_text(&json!([1, "a", null, {"b": 2.5}])),
+            r#"[1,"a",null,{"b":2.5}]"#
+        );
     }
 
     #[test]
