@@ -241,7 +241,8 @@ impl ChatRequest {
                 schema_text(&schema.schema),
                 schema.strict
             );
-            text.pop();
+            let closing = text.pop();
+            debug_assert_eq!(closing, Some('}'), "a request body is a JSON object");
             text.push_str(&format);
         }
         text.into_bytes()

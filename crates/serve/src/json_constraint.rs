@@ -945,6 +945,9 @@ fn literal_texts(grammar: &JsonGrammar, node: NodeId, key: Option<u16>) -> &[Vec
 
 /// The first byte of a value of `node`.
 fn value_start(grammar: &JsonGrammar, node: NodeId, byte: u8, depth: usize) -> Step {
+    // A container opened here pushes its children one level deeper: refusing its opening byte
+    // at the limit keeps the state from reaching a place where no byte is allowed (which the
+    // mask would then meet); `JsonState::push` checks the same limit as a last guard.
     let container = || depth <= MAX_DEPTH;
     match &grammar.nodes[node as usize] {
         Node::Object(_) if byte == b'{' && container() => Step::Replaced(Frame::Object {
