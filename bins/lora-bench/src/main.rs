@@ -16,7 +16,7 @@ use llama::device::{Precision, select_device};
 use llama::{Llama, LlamaConfig};
 use lora_training::distributed::{launch, rank_device};
 use lora_training::{
-    Batch, Group, LoraConfig, TrainConfig, attach_adapters, freeze_base, new_optimizer,
+    Batch, Group, LoraConfig, StepGraph, TrainConfig, attach_adapters, freeze_base, new_optimizer,
     optimizer_step, training_device,
 };
 use rand::{Rng, SeedableRng};
@@ -71,6 +71,10 @@ struct Args {
     /// model's dtype, for before/after measurements.
     #[arg(long)]
     adapter_f32: bool,
+    /// Capture a micro-batch's forward and backward as a CUDA graph and replay it
+    /// (`train.cuda_graph`; LibTorch GPUs).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 fn shape(name: &str) -> Result<LlamaConfig> {
@@ -193,6 +197,7 @@ fn main() -> Result<()> {
     }
     let train = TrainConfig::default();
     let mut optimizer = new_optimizer(&model);
+    let mut graph = StepGraph::new(args.cuda_graph);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     // Every rank draws the same rows and takes its share of the micro-batches.
     let micro_batches: Vec<Vec<(Vec<u32>, Vec<bool>)>> = (0..args.micro_batches.max(1))
@@ -234,6 +239,7 @@ fn main() -> Result<()> {
             1e-4,
             &train,
             &group,
+            &mut graph,
         );
         // The loss read-back synchronises the device.
         losses.push(outcome.loss);
@@ -272,6 +278,8 @@ fn main() -> Result<()> {
             "rank": args.rank,
             "gradient_checkpointing": args.gradient_checkpointing,
             "adapter_f32": args.adapter_f32,
+            "cuda_graph": graph.is_captured(),
+            "cuda_graph_failure": graph.failure(),
             "steps": times.len(),
             "seconds_per_step": mean,
             "tokens_per_second": tokens / mean,

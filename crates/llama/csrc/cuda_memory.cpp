@@ -30,6 +30,11 @@ int tl_cuda_memory_reset_peaks(int device, char **error) {
   });
 }
 
+// Returns the cached free blocks to the driver (torch.cuda.empty_cache).
+int tl_cuda_empty_cache(char **error) {
+  return guarded(error, [&] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+}
+
 int tl_cuda_set_allocator_settings(const char *settings, char **error) {
   return guarded(error, [&] { c10::CachingAllocator::setAllocatorSettings(std::string(settings)); });
 }

@@ -23,7 +23,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
-use burn::tensor::{FloatDType, Shape, Tensor, TensorData};
+use burn::tensor::{BoolDType, FloatDType, IntDType, Shape, Tensor};
 
 /// Causal attention `softmax(Q·Kᵀ·scale + causal) · V` over `[B, H, T, D]` queries, keys and
 /// values (as many key/value heads as query heads; the caller repeats grouped heads).
@@ -164,13 +164,23 @@ impl<B: Backend + CausalAttentionOps, C: CheckpointStrategy> CausalAttentionOps 
     }
 }
 
-/// `true` above the causal diagonal (key after query), as `[B, H, T, T]`.
+/// `true` above the causal diagonal (key after query), as `[B, H, T, T]`. Made on the device
+/// from two index ranges rather than copied from the host, so that a forward on this path
+/// (f32 on a GPU) can be captured as a CUDA graph.
 fn future_mask<B: Backend>(shape: &Shape, device: &B::Device) -> B::BoolTensorPrimitive {
     let (seq, keys) = (shape[2], shape[3]);
-    let mask: Vec<bool> = (0..seq)
-        .flat_map(|query| (0..keys).map(move |key| key > query))
-        .collect();
-    let mask = B::bool_from_data(TensorData::new(mask, [1, 1, seq, keys]), device);
+    let range = |length: usize, at: [usize; 4]| {
+        let indices = B::int_arange(0..length as i64, device, IntDType::I64);
+        B::int_expand(
+            B::int_reshape(indices, Shape::new(at)),
+            Shape::new([1, 1, seq, keys]),
+        )
+    };
+    let mask = B::int_greater(
+        range(keys, [1, 1, 1, keys]),
+        range(seq, [1, 1, seq, 1]),
+        BoolDType::Native,
+    );
     B::bool_expand(mask, shape.clone())
 }
 

@@ -17,6 +17,7 @@ unsafe extern "C" {
     ) -> c_int;
     fn tl_cuda_memory_reset_peaks(device: c_int, error: *mut *mut c_char) -> c_int;
     fn tl_cuda_set_allocator_settings(settings: *const c_char, error: *mut *mut c_char) -> c_int;
+    fn tl_cuda_empty_cache(error: *mut *mut c_char) -> c_int;
 }
 
 /// Peak bytes since the process started (or the last [`reset_peaks`]), as PyTorch's allocator
@@ -59,15 +60,34 @@ pub fn reset_peaks(device: &Device) -> Result<()> {
 /// `PYTORCH_CUDA_ALLOC_CONF`, which always wins. Not for inference: its CUDA graphs capture
 /// into private pools, which the expandable segments of PyTorch 2.11 do not serve.
 pub fn use_training_allocator_settings(device: &Device) -> Result<()> {
+    set_expandable_segments(device, true)
+}
+
+/// Turns the allocator's expandable segments on or off for the segments it makes from now on
+/// (a captured training step turns them off: its graph allocates from a private pool), unless
+/// the user has set `PYTORCH_CUDA_ALLOC_CONF`, which always wins.
+pub fn set_expandable_segments(device: &Device, on: bool) -> Result<()> {
     if std::env::var_os("PYTORCH_CUDA_ALLOC_CONF").is_some() || cuda_device_index(device).is_err() {
         return Ok(());
     }
-    let settings = CString::new("expandable_segments:True").expect("no NUL");
+    let settings = CString::new(format!(
+        "expandable_segments:{}",
+        if on { "True" } else { "False" }
+    ))
+    .expect("no NUL");
     // SAFETY: `settings` outlives the call; `error` points to a valid out-slot.
     crate::torch_shim::status(|error| unsafe {
         tl_cuda_set_allocator_settings(settings.as_ptr(), error)
     })
     .map_err(|message| Error::InvalidArgument(format!("CUDA allocator settings: {message}")))
+}
+
+/// Hands the allocator's cached free blocks back to the driver (`torch.cuda.empty_cache`): what
+/// eager steps left cached is then free for a graph's private pool.
+pub fn empty_cache() -> Result<()> {
+    // SAFETY: plain C call; `error` points to a valid out-slot.
+    crate::torch_shim::status(|error| unsafe { tl_cuda_empty_cache(error) })
+        .map_err(|message| Error::InvalidArgument(format!("CUDA allocator: {message}")))
 }
 
 fn cuda_device_index(device: &Device) -> Result<c_int> {

@@ -49,6 +49,7 @@ pub mod model;
 pub mod nccl;
 #[cfg(test)]
 mod op_tests;
+pub mod overwrite;
 pub mod pretrained;
 pub mod rms_norm;
 pub mod rope;

@@ -400,7 +400,44 @@ impl Llama {
 
         let x = self.embed_tokens.forward(tokens);
         let (cos, sin) = self.rope.cos_sin(positions, x.dtype(), &device);
-        let mut x = x;
+        let x = self.run_layers(x, &cos, &sin, &mask, cache.as_deref_mut());
+        if let Some(cache) = cache {
+            cache.set_key_mask(key_mask);
+        }
+        self.norm.forward(x)
+    }
+
+    /// [`Llama::forward_hidden`] for rows that all start at position 0 and attend causally
+    /// (right-padded rows: a real token never sees the padding after it), with the rotary
+    /// frequencies already on the device ([`crate::rope::Rope::inv_freq_tensor`]). It reads
+    /// nothing back from the device and copies nothing from the host, so a training step
+    /// built on it can be captured as a CUDA graph; it also skips the mask check that costs
+    /// [`Llama::forward_hidden`] a device synchronisation.
+    pub fn forward_hidden_causal(&self, tokens: Tensor<2, Int>, inv_freq: &Tensor<1>) -> Tensor<3> {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        if CpuLlama::borrow(self).is_some() {
+            let all = Tensor::<2, Int>::ones([batch, seq], &device);
+            return self.forward_hidden(tokens, all, None);
+        }
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+            .unsqueeze_dim::<2>(0)
+            .expand([batch, seq]);
+        let x = self.embed_tokens.forward(tokens);
+        let (cos, sin) = self.rope.cos_sin_with(positions, inv_freq, x.dtype());
+        let x = self.run_layers(x, &cos, &sin, &None, None);
+        self.norm.forward(x)
+    }
+
+    /// The decoder layers over embedded `x`, each appending to `cache` where there is one.
+    fn run_layers(
+        &self,
+        mut x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &AttentionMask,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         for (index, layer) in self.layers.iter().enumerate() {
             let slot = match cache.as_deref_mut() {
                 Some(cache) => KvSlot::Append {
@@ -411,15 +448,12 @@ impl Llama {
             };
             x = match slot {
                 KvSlot::None if self.checkpoint_layers && x.is_autodiff() => {
-                    layer.forward_checkpointed(x, &cos, &sin, &mask)
+                    layer.forward_checkpointed(x, cos, sin, mask)
                 }
-                slot => layer.forward(x, &cos, &sin, &mask, slot),
+                slot => layer.forward(x, cos, sin, mask, slot),
             };
         }
-        if let Some(cache) = cache {
-            cache.set_key_mask(key_mask);
-        }
-        self.norm.forward(x)
+        x
     }
 
     /// Maps hidden states `[B, T, hidden]` to logits `[B, T, vocab]`.
@@ -598,6 +632,35 @@ pub(crate) mod tests {
         // Logits vary with the input, so the comparison above is not vacuous.
         let first = single_logits(&model, &prompts[0], &device);
         assert!(max_abs_diff(&first[..vocab], &first[vocab..2 * vocab]) > 1e-3);
+    }
+
+    /// The causal forward of right-padded rows (no mask, frequencies already on the device)
+    /// gives the logits of the forward with an all-ones mask, on the burn path and on the host
+    /// path; and it is causal: a token changed late leaves the earlier positions' logits alone.
+    #[test]
+    fn causal_forward_matches_the_all_ones_masked_forward() {
+        for host_kernels in [false, true] {
+            let (mut model, device) = tiny_model(4);
+            model.host_kernels = host_kernels;
+            let ids = vec![5i64, 17, 200, 3, 1, 2, 3, 4];
+            let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 4]), &device);
+            let ones = Tensor::<2, Int>::ones([2, 4], &device);
+            let masked = to_vec(model.forward(tokens.clone(), ones, None));
+            let inv_freq = model.rope.inv_freq_tensor(&device);
+            let causal = to_vec(model.logits(model.forward_hidden_causal(tokens, &inv_freq)));
+            let diff = max_abs_diff(&masked, &causal);
+            assert!(diff < 1e-5, "host kernels {host_kernels}: max diff {diff}");
+
+            let mut changed = ids;
+            changed[3] = 9;
+            let changed = Tensor::<2, Int>::from_data(TensorData::new(changed, [2, 4]), &device);
+            let later = to_vec(model.logits(model.forward_hidden_causal(changed, &inv_freq)));
+            let vocab = model.config().vocab_size;
+            assert!(max_abs_diff(&causal[..3 * vocab], &later[..3 * vocab]) < 1e-6);
+            assert!(
+                max_abs_diff(&causal[3 * vocab..4 * vocab], &later[3 * vocab..4 * vocab]) > 1e-3
+            );
+        }
     }
 
     #[test]

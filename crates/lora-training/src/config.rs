@@ -154,6 +154,12 @@ pub struct TrainConfig {
     /// Examples per length-sorted group: batches draw from groups of this many examples
     /// sorted by length, so little padding is computed (1 = plain random batches).
     pub length_group_size: usize,
+    /// On a LibTorch GPU, capture one micro-batch's forward and backward as a CUDA graph and
+    /// replay it for the next ones ([`crate::step_graph`]): the ~5,000 kernels of an 8B-shaped
+    /// micro-batch leave the host in one launch. Only the first micro-batch shape is captured
+    /// (others run eagerly), so it pays where rows share one width; adapter dropout keeps the
+    /// eager path.
+    pub cuda_graph: bool,
 }
 
 impl Default for TrainConfig {
@@ -177,6 +183,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             gradient_checkpointing: false,
             length_group_size: 64,
+            cuda_graph: false,
         }
     }
 }

@@ -44,6 +44,7 @@ pub mod distributed;
 pub mod optim;
 pub mod phase;
 pub mod plot;
+pub mod step_graph;
 pub mod tokenized;
 pub mod trainer;
 
@@ -55,6 +56,7 @@ pub use config::{DataConfig, LoraConfig, TrainConfig};
 pub use data::DataFormat;
 pub use distributed::Group;
 pub use error::{Error, Result};
+pub use step_graph::StepGraph;
 pub use tokenized::{MaskingAudit, TokenizedData, tokenize_data};
 pub use trainer::{
     Batch, Metric, StepOutcome, TrainingOutcome, TrainingSetup, eval_loss, freeze_base,

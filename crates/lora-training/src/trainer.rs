@@ -26,6 +26,7 @@ use crate::config::{LoraConfig, TrainConfig};
 use crate::distributed::Group;
 use crate::optim::{AdamW, clip_grad_norm};
 use crate::plot::write_loss_plot;
+use crate::step_graph::StepGraph;
 use crate::tokenized::{TokenizedData, TokenizedSplit};
 use crate::{Error, Result, error::io_error};
 
@@ -253,6 +254,7 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     progress.reset_eta();
     let started = Instant::now();
     let mut epoch_cache: Option<(u64, Vec<Vec<usize>>)> = None;
+    let mut graph = StepGraph::new(config.cuda_graph);
 
     for step in start_step..end_step {
         let step_started = Instant::now();
@@ -286,6 +288,7 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             learning_rate,
             config,
             group,
+            &mut graph,
         );
         let (loss_sum, grad_norm) = (outcome.loss, outcome.grad_norm);
         let (tokens, computed) = (outcome.tokens, outcome.computed_tokens);
@@ -381,6 +384,7 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
 /// loss summed over all their targets and divided by `target_tokens` (the step's total over
 /// every rank, so the step equals one large batch however it is split), summed over the
 /// group's ranks, global-norm clipping, AdamW.
+#[allow(clippy::too_many_arguments)] // the step's state and inputs, each used once
 pub fn optimizer_step(
     model: &mut Llama,
     optimizer: &mut AdamW,
@@ -389,29 +393,20 @@ pub fn optimizer_step(
     learning_rate: f64,
     config: &TrainConfig,
     group: &Group,
+    graph: &mut StepGraph,
 ) -> StepOutcome {
-    let params = trainable(model);
     let layout = optimizer.layout().clone();
     let device = model.device().inner();
+    // On the device once per step, so that no micro-batch copies from the host.
+    let inv_freq = model.rope.inv_freq_tensor(&model.device());
+    let scale = 1.0 / target_tokens.max(1) as f64;
     // The gradients of the step, flat in the optimiser's layout: accumulation, the all-reduce,
     // clipping and AdamW are then a few kernels over one vector.
     let mut grads: Option<Tensor<1>> = None;
     let mut loss_sum = 0.0f64;
     for batch in batches {
-        let loss = batch
-            .loss_sum(model)
-            .div_scalar(target_tokens.max(1) as f64);
-        let gradients = loss.backward();
+        let (loss, batch_grads) = graph.run(model, &layout, batch, scale, &inv_freq);
         loss_sum += f32_values(loss)[0] as f64;
-        let batch_grads: Vec<Tensor<2>> = params
-            .iter()
-            .map(|param| {
-                param
-                    .grad(&gradients)
-                    .unwrap_or_else(|| param.clone().inner().zeros_like())
-            })
-            .collect();
-        let batch_grads = layout.flatten(batch_grads, &device);
         grads = Some(match grads.take() {
             None => batch_grads,
             Some(sum) => sum + batch_grads,
@@ -423,9 +418,12 @@ pub fn optimizer_step(
     let computed: usize = batches.iter().map(|b| b.computed_tokens).sum();
     let (grads, sums) = group.all_reduce_sum(grads, &[loss_sum, tokens as f64, computed as f64]);
     let (grad_norm, grads) = clip_grad_norm(grads, config.max_grad_norm);
-    let plain = layout.flatten(params.into_iter().map(Tensor::inner).collect(), &device);
+    let plain = layout.flatten(
+        trainable(model).into_iter().map(Tensor::inner).collect(),
+        &device,
+    );
     let updated = optimizer.step(plain, grads, learning_rate, config);
-    set_trainable(model, layout.split(updated));
+    graph.install(model, &layout, updated);
     StepOutcome {
         loss: sums[0],
         grad_norm,
@@ -455,11 +453,13 @@ pub fn eval_loss(
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
         order
     };
+    let inv_freq = model.rope.inv_freq_tensor(&device);
     let (mut total, mut targets) = (0.0f64, 0usize);
     for indices in order.chunks(batch_size) {
         let batch = Batch::from_split(split, indices, pad_token_id, &device);
         targets += batch.target_tokens;
-        total += f32_values(batch.loss_sum(&model))[0] as f64;
+        let (inputs, labels, mask) = batch.tensors();
+        total += f32_values(target_nll_sum(&model, inputs, labels, mask, &inv_freq))[0] as f64;
     }
     (total / targets.max(1) as f64, targets)
 }
@@ -556,25 +556,43 @@ impl Batch {
         }
     }
 
-    /// Summed negative log-likelihood of the targets (f32).
-    ///
-    /// Padding sits only at the end of a row, so real tokens never see it under a plain
-    /// causal mask: the model runs with an all-ones attention mask, which keeps the fused
-    /// causal attention path.
-    fn loss_sum(&self, model: &Llama) -> Tensor<1> {
-        let [rows, width] = self.inputs.dims();
-        let device = self.inputs.device();
-        let attention = Tensor::<2, Int>::ones([rows, width], &device);
-        let logits = model.forward(self.inputs.clone(), attention, None);
-        // One operation: PyTorch's fused log-softmax on LibTorch, and a backward that keeps
-        // the logits alone instead of several f32 copies of them.
-        let picked = target_log_probs(logits, self.labels.clone());
-        (picked * self.target_mask.clone()).sum().neg()
+    /// `[rows, width]` of the inputs (and of the labels and the target mask).
+    pub fn shape(&self) -> [usize; 2] {
+        self.inputs.dims()
+    }
+
+    /// Inputs, next-token labels and the target mask (handles, not copies).
+    pub(crate) fn tensors(&self) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+        (
+            self.inputs.clone(),
+            self.labels.clone(),
+            self.target_mask.clone(),
+        )
     }
 }
 
+/// Summed negative log-likelihood of the targets (f32, `[1]`) of right-padded rows.
+///
+/// Padding sits only at the end of a row, so real tokens never see it under a plain causal
+/// mask: the model runs its causal forward (no attention mask, the fused causal attention
+/// path), which neither reads from the device nor copies from the host, so a captured CUDA
+/// graph can hold it ([`crate::step_graph`]).
+pub(crate) fn target_nll_sum(
+    model: &Llama,
+    inputs: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+    target_mask: Tensor<2>,
+    inv_freq: &Tensor<1>,
+) -> Tensor<1> {
+    let logits = model.logits(model.forward_hidden_causal(inputs, inv_freq));
+    // One operation: PyTorch's fused log-softmax on LibTorch, and a backward that keeps the
+    // logits alone instead of several f32 copies of them.
+    let picked = target_log_probs(logits, labels);
+    (picked * target_mask).sum().neg()
+}
+
 /// The trainable factors, in [`Llama::adapted_projections`] order, A then B.
-fn trainable(model: &Llama) -> Vec<Tensor<2>> {
+pub(crate) fn trainable(model: &Llama) -> Vec<Tensor<2>> {
     model
         .adapted_projections()
         .into_iter()
@@ -590,7 +608,7 @@ fn trainable(model: &Llama) -> Vec<Tensor<2>> {
 }
 
 /// Installs updated factors (plain tensors) as new trainable leaves on the model's device.
-fn set_trainable(model: &mut Llama, values: Vec<Tensor<2>>) {
+pub(crate) fn set_trainable(model: &mut Llama, values: Vec<Tensor<2>>) {
     let strategy = model.device().gradient_checkpointing_strategy();
     let leaf = |value: Tensor<2>| {
         let mut value = value.autodiff();

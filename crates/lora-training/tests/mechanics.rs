@@ -11,9 +11,10 @@ use llama::burn::tensor::Device;
 use llama::{Llama, ProjectionKind};
 use lora_training::trainer::{CHECKPOINTS_DIR, LOSS_PLOT_FILE, METRICS_FILE, read_metrics};
 use lora_training::{
-    Batch, DataConfig, DataFormat, Error, Group, LoraConfig, Metric, TokenizedData, TrainConfig,
-    TrainingSetup, attach_adapters, freeze_base, load_peft_adapter, merge_verified, new_optimizer,
-    optimizer_step, save_peft_adapter, tokenize_data, train, training_device, verify_merged,
+    Batch, DataConfig, DataFormat, Error, Group, LoraConfig, Metric, StepGraph, TokenizedData,
+    TrainConfig, TrainingSetup, attach_adapters, freeze_base, load_peft_adapter, merge_verified,
+    new_optimizer, optimizer_step, save_peft_adapter, tokenize_data, train, training_device,
+    verify_merged,
 };
 
 /// burn's CPU backend has one process-wide RNG (adapter dropout draws from it), so trainings
@@ -402,6 +403,7 @@ fn accumulated_micro_batches_equal_one_large_batch() {
                 1e-2,
                 &config,
                 &Group::single(),
+                &mut StepGraph::eager(),
             );
             losses.push(outcome.loss);
         }
@@ -455,6 +457,7 @@ fn activation_checkpointing_gives_the_same_step() {
                     1e-2,
                     &config,
                     &Group::single(),
+                    &mut StepGraph::eager(),
                 )
                 .loss,
             );
