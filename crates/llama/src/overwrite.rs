@@ -38,14 +38,9 @@ pub trait OverwriteOps: Backend {
 /// Writes `values` into `buffer` (same shape and dtype); returns the buffer.
 ///
 /// # Panics
-/// When the shapes differ.
+/// When the shapes or dtypes differ.
 pub fn overwrite<const D: usize>(buffer: Tensor<D>, values: Tensor<D>) -> Tensor<D> {
-    assert_eq!(buffer.dims(), values.dims(), "overwrite needs equal shapes");
-    assert_eq!(
-        buffer.dtype(),
-        values.dtype(),
-        "overwrite needs equal dtypes"
-    );
+    same_layout(&buffer, &values);
     Tensor::from_dispatch(<Dispatch as OverwriteOps>::float_overwrite(
         buffer.into_dispatch(),
         values.into_dispatch(),
@@ -55,21 +50,29 @@ pub fn overwrite<const D: usize>(buffer: Tensor<D>, values: Tensor<D>) -> Tensor
 /// [`overwrite`] for integer tensors.
 ///
 /// # Panics
-/// When the shapes differ.
+/// When the shapes or dtypes differ.
 pub fn overwrite_int<const D: usize>(
     buffer: Tensor<D, Int>,
     values: Tensor<D, Int>,
 ) -> Tensor<D, Int> {
+    same_layout(&buffer, &values);
+    Tensor::from_dispatch(<Dispatch as OverwriteOps>::int_overwrite(
+        buffer.into_dispatch(),
+        values.into_dispatch(),
+    ))
+}
+
+/// The precondition of both writes: one shape, one dtype.
+fn same_layout<const D: usize, K: burn::tensor::kind::Basic>(
+    buffer: &Tensor<D, K>,
+    values: &Tensor<D, K>,
+) {
     assert_eq!(buffer.dims(), values.dims(), "overwrite needs equal shapes");
     assert_eq!(
         buffer.dtype(),
         values.dtype(),
         "overwrite needs equal dtypes"
     );
-    Tensor::from_dispatch(<Dispatch as OverwriteOps>::int_overwrite(
-        buffer.into_dispatch(),
-        values.into_dispatch(),
-    ))
 }
 
 #[cfg(feature = "flex")]

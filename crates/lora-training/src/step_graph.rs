@@ -5,9 +5,9 @@
 //! docs/benchmarks.md found the GPU idle ~20 ms of a ~177 ms step waiting for the host to launch
 //! them. A replayed graph launches them all at once. A graph replays the addresses it captured,
 //! so what it reads must stay put: the micro-batch's tokens, labels, target mask and loss scale
-//! live in fixed buffers written in place before each replay (the rotary frequencies in one made
-//! once), and the adapter factors are views
-//! of one flat vector that the optimiser's result is written into ([`StepGraph::install`]).
+//! live in fixed buffers written in place before each replay, the rotary frequencies in one made
+//! once, and the adapter factors are views of one flat vector that the optimiser's result is
+//! written into ([`StepGraph::install`]).
 //! The gradients and the loss come back in the graph's own output buffers.
 //!
 //! The first micro-batch on a GPU sets the buffers up and runs eagerly on the capture stream
