@@ -74,11 +74,15 @@ for name in names:
     loss = r.get("last_loss")
     if loss is None:
         m = re.findall(r"loss ([0-9.]+)", r["_log"]); loss = float(m[-1]) if m else float("nan")
-    print(f"| {name} | {r.get('batch')} x {r.get('seq')} | {'yes' if ck else 'no'} | {r['tokens_per_second']:,.0f} | {r['seconds_per_step']:.3f} | "
+    shape = (f"{r.get('batch')} x {'packed' if r.get('padding_free') else 'padded'} mixed"
+             if r.get("lengths") else f"{r.get('batch')} x {r.get('seq')}")
+    print(f"| {name} | {shape} | {'yes' if ck else 'no'} | {r['tokens_per_second']:,.0f} | {r['seconds_per_step']:.3f} | "
           f"{r.get('peak_gpu_memory_gib', 0):.2f} | {r.get('peak_allocated_gib') or float('nan'):.2f} / "
           f"{r.get('peak_reserved_gib') or float('nan'):.2f} | {loss:.4f} | {r.get('wall_s')} | ok |")
     tps[name] = r["tokens_per_second"]
-    runs.append({"name": name, "batch": r.get("batch"), "seq": r.get("seq"), "checkpointing": ck,
+    runs.append({"name": name, "batch": r.get("batch"), "checkpointing": ck,
+                 **({"lengths": pathlib.Path(r["lengths"]).name, "padding_free": bool(r.get("padding_free"))}
+                    if r.get("lengths") else {"seq": r.get("seq")}),
                  "tokens_per_s": round(r["tokens_per_second"], 1),
                  "peak_gib": round(r.get("peak_gpu_memory_gib", 0), 2)})
 print()

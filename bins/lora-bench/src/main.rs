@@ -4,6 +4,10 @@
 //!
 //! `lora-bench --device cuda --shape llama31-8b --seq 2048 --batch 1 --steps 5`
 //!
+//! Mixed lengths: `--lengths tools/bench/chat_lengths.txt --batch 16` draws each step's examples
+//! from real chat lengths, right-padded or, with `--padding-free`, packed into one row; tokens/s
+//! then counts real tokens only.
+//!
 //! Data-parallel: `--gpus N` runs N processes, one per GPU, that split each step's
 //! `--micro-batches` (every process builds the same random rows and takes its share); the
 //! printed losses then equal a one-GPU run with the same `--micro-batches`.
@@ -75,6 +79,41 @@ struct Args {
     /// (`train.cuda_graph`; LibTorch GPUs).
     #[arg(long)]
     cuda_graph: bool,
+    /// Example lengths, one per line (tools/bench/chat_lengths.txt): each step then draws
+    /// `--micro-batches` × `--batch` examples of the next lengths in the file (random tokens,
+    /// every position trained) instead of fixed `--seq` rows, and tokens/s counts real tokens.
+    #[arg(long)]
+    lengths: Option<std::path::PathBuf>,
+    /// With `--lengths`: pack each micro-batch's examples into one row (padding-free) instead
+    /// of right-padding them to the longest.
+    #[arg(long)]
+    padding_free: bool,
+}
+
+/// One example: its tokens and which of them are trained.
+type Row = (Vec<u32>, Vec<bool>);
+
+/// Example lengths from `path`, one per line; an error names the line that is not a length.
+fn read_lengths(path: &std::path::Path) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let lengths = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| match line.trim().parse::<usize>() {
+            Ok(length) if length >= 2 => Ok(length),
+            _ => bail!(
+                "{}:{}: `{line}` is not a length of 2 or more tokens",
+                path.display(),
+                index + 1
+            ),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if lengths.is_empty() {
+        bail!("{}: no lengths", path.display());
+    }
+    Ok(lengths)
 }
 
 fn shape(name: &str) -> Result<LlamaConfig> {
@@ -199,42 +238,83 @@ fn main() -> Result<()> {
     let mut optimizer = new_optimizer(&model);
     let mut graph = StepGraph::new(args.cuda_graph);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    // Every rank draws the same rows and takes its share of the micro-batches.
-    let micro_batches: Vec<Vec<(Vec<u32>, Vec<bool>)>> = (0..args.micro_batches.max(1))
-        .map(|_| {
-            (0..args.batch)
-                .map(|_| {
-                    let tokens: Vec<u32> = (0..args.seq)
-                        .map(|_| rng.random_range(0..config.vocab_size as u32))
-                        .collect();
-                    (tokens, vec![true; args.seq])
-                })
-                .collect()
-        })
-        .collect();
-    let targets: usize = micro_batches
-        .iter()
-        .flatten()
-        .map(|(_, trained)| trained.iter().skip(1).filter(|&&t| t).count())
-        .sum();
-    let batches: Vec<Batch> = group
-        .share(&micro_batches)
-        .iter()
-        .map(|rows| Batch::from_rows(rows, 0, &train_device))
-        .collect();
+    let mut random_row = |length: usize| -> Row {
+        let tokens = (0..length)
+            .map(|_| rng.random_range(0..config.vocab_size as u32))
+            .collect();
+        (tokens, vec![true; length])
+    };
+    let profiled = usize::from(args.torch_profile.is_some());
+    let per_step = args.micro_batches.max(1) * args.batch;
+    // Each step's micro-batches as (tokens, trained) rows: fixed `--seq` rows, or the next
+    // lengths of `--lengths` (cycling through the file). Every rank draws the same rows and
+    // takes its share of the micro-batches.
+    let lengths = args.lengths.as_deref().map(read_lengths).transpose()?;
+    let step_rows: Vec<Vec<Vec<Row>>> = match &lengths {
+        None => {
+            let rows: Vec<Vec<_>> = (0..args.micro_batches.max(1))
+                .map(|_| (0..args.batch).map(|_| random_row(args.seq)).collect())
+                .collect();
+            vec![rows]
+        }
+        Some(lengths) => (0..args.steps + 2 + profiled)
+            .map(|step| {
+                (0..args.micro_batches.max(1))
+                    .map(|micro| {
+                        (0..args.batch)
+                            .map(|row| {
+                                let at = step * per_step + micro * args.batch + row;
+                                random_row(lengths[at % lengths.len()])
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let make_batches = |rows: &[Vec<Row>]| -> Vec<Batch> {
+        group
+            .share(rows)
+            .iter()
+            .map(|rows| {
+                if args.padding_free {
+                    Batch::packed_from_rows(rows, &train_device)
+                } else {
+                    Batch::from_rows(rows, 0, &train_device)
+                }
+            })
+            .collect()
+    };
+    // Fixed rows are built once, as a trainer whose batches all share one shape sees them;
+    // rows of `--lengths` are built inside each timed step, as the trainer builds them.
+    let fixed_batches = lengths.is_none().then(|| make_batches(&step_rows[0]));
     let mut times = Vec::new();
     let mut losses = Vec::new();
-    let profiled = usize::from(args.torch_profile.is_some());
+    let (mut real_tokens, mut computed_tokens) = (0usize, 0usize);
     for step in 0..args.steps + 2 + profiled {
         let profiler = match &args.torch_profile {
             Some(path) if step == 2 => Some((start_profiler()?, path)),
             _ => None,
         };
         let started = Instant::now();
+        let rows = &step_rows[step % step_rows.len()];
+        let targets: usize = rows
+            .iter()
+            .flatten()
+            .map(|(_, trained)| trained.iter().skip(1).filter(|&&t| t).count())
+            .sum();
+        let built;
+        let batches = match &fixed_batches {
+            Some(batches) => batches,
+            None => {
+                built = make_batches(rows);
+                &built
+            }
+        };
         let outcome = optimizer_step(
             &mut model,
             &mut optimizer,
-            &batches,
+            batches,
             targets,
             1e-4,
             &train,
@@ -255,14 +335,16 @@ fn main() -> Result<()> {
         }
         if step >= 2 {
             times.push(seconds);
+            real_tokens += outcome.tokens;
+            computed_tokens += outcome.computed_tokens;
         }
     }
     if !group.is_writer() {
         return Ok(());
     }
     let last_loss = losses.last().copied().unwrap_or(0.0);
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let tokens = (micro_batches.len() * args.batch * args.seq) as f64;
+    let total: f64 = times.iter().sum();
+    let mean = total / times.len().max(1) as f64;
     let peaks = on_cuda.then(|| allocator_peaks_gib(&device)).transpose()?;
     println!(
         "{}",
@@ -273,7 +355,11 @@ fn main() -> Result<()> {
             "device": args.device,
             "seq": args.seq,
             "batch": args.batch,
-            "micro_batches": micro_batches.len(),
+            "micro_batches": args.micro_batches.max(1),
+            "lengths": args.lengths.as_ref().map(|path| path.display().to_string()),
+            "padding_free": args.padding_free,
+            "real_tokens": real_tokens,
+            "computed_tokens": computed_tokens,
             "gpus": group.world_size(),
             "rank": args.rank,
             "gradient_checkpointing": args.gradient_checkpointing,
@@ -282,7 +368,8 @@ fn main() -> Result<()> {
             "cuda_graph_failure": graph.failure(),
             "steps": times.len(),
             "seconds_per_step": mean,
-            "tokens_per_second": tokens / mean,
+            // Real (non-padding) tokens: with fixed rows every token is real.
+            "tokens_per_second": real_tokens as f64 / total,
             "last_loss": last_loss,
             "losses": losses,
             "peak_allocated_gib": peaks.map(|(allocated, _)| allocated),

@@ -10,7 +10,7 @@
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::kv_cache::KvCache;
-use crate::model::{KvSlot, Llama, fused_attention_masks_true, grouped_mask};
+use crate::model::{AttentionMask, KvSlot, Llama, fused_attention_masks_true, grouped_mask};
 
 #[cfg_attr(not(any(feature = "tch", test)), allow(dead_code))]
 pub(crate) struct FixedDecoder {
@@ -141,7 +141,7 @@ impl FixedDecoder {
             .bool_and(self.columns.clone().lower_equal(column.clone()));
         let allowed = self.prompt_keys.clone().bool_or(visible_generated);
         let forbidden = grouped_mask(allowed.bool_not().reshape([batch, 1, 1, capacity]), repeats);
-        let mask = Some(if self.masks_true {
+        let mask = AttentionMask::Explicit(if self.masks_true {
             forbidden
         } else {
             forbidden.bool_not()

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use crate::causal_attention::causal_attention;
+use crate::causal_attention::{Segments, causal_attention, segment_attention};
 use crate::config::LlamaConfig;
 use crate::cpu::CpuLlama;
 use crate::kv_cache::KvCache;
@@ -131,7 +131,7 @@ impl SelfAttention {
         let repeats = self.num_heads / self.num_kv_heads;
         let out = match mask {
             // Training: one differentiable op whose backward stores no [T, T] matrix.
-            None if q.device().is_autodiff() => causal_attention(
+            AttentionMask::Causal if q.device().is_autodiff() => causal_attention(
                 q,
                 repeat_kv(k, repeats),
                 repeat_kv(v, repeats),
@@ -139,7 +139,7 @@ impl SelfAttention {
             ),
             // Plain causal: fused kernels (flash attention) skip the mask entirely; they need
             // as many key/value heads as query heads.
-            None => attention(
+            AttentionMask::Causal => attention(
                 q,
                 repeat_kv(k, repeats),
                 repeat_kv(v, repeats),
@@ -150,7 +150,16 @@ impl SelfAttention {
                     ..Default::default()
                 },
             ),
-            Some(mask) => grouped_query_attention(q, k, v, mask.clone(), repeats),
+            AttentionMask::Explicit(mask) => {
+                grouped_query_attention(q, k, v, mask.clone(), repeats)
+            }
+            AttentionMask::Packed(segments) => segment_attention(
+                q,
+                repeat_kv(k, repeats),
+                repeat_kv(v, repeats),
+                segments,
+                1.0 / (self.head_dim as f64).sqrt(),
+            ),
         };
         let out = if seq == 1 {
             out.reshape([batch, 1, self.num_heads * self.head_dim])
@@ -263,7 +272,7 @@ impl DecoderLayer {
         // Constants enter both runs without autodiff; both runs use the module as it is (frozen
         // weights) with the factors the operation hands in.
         let (cos, sin) = (cos.clone().inner(), sin.clone().inner());
-        let mask = mask.clone().map(Tensor::inner);
+        let mask = mask.inner();
         let module = self.clone();
         // Adapter dropout must draw the same masks in both runs.
         let seed = self
@@ -384,14 +393,14 @@ impl Llama {
         // Only without a cache: LibTorch aligns `is_causal` top-left when queries < keys.
         let plain_causal = past == 0 && key_mask.clone().min().into_scalar::<i64>() == 1;
         let mask = if plain_causal {
-            None
+            AttentionMask::Causal
         } else {
             let forbidden = attention_mask_4d(key_mask.clone(), past, seq);
             let forbidden = grouped_mask(
                 forbidden,
                 self.config.num_attention_heads / self.config.num_kv_heads(),
             );
-            Some(if fused_attention_masks_true(&device) {
+            AttentionMask::Explicit(if fused_attention_masks_true(&device) {
                 forbidden
             } else {
                 forbidden.bool_not()
@@ -425,7 +434,26 @@ impl Llama {
             .expand([batch, seq]);
         let x = self.embed_tokens.forward(tokens);
         let (cos, sin) = self.rope.cos_sin_with(positions, inv_freq, x.dtype());
-        let x = self.run_layers(x, &cos, &sin, &None, None);
+        let x = self.run_layers(x, &cos, &sin, &AttentionMask::Causal, None);
+        self.norm.forward(x)
+    }
+
+    /// [`Llama::forward_hidden_causal`] for packed rows: several examples back to back in a
+    /// row, `positions` counting from 0 at each example's start, and attention kept within
+    /// each example ([`Segments`]), so that every example's hidden states equal those of the
+    /// example run alone, with no padding computed between them. Like the causal forward it
+    /// neither reads from the device nor copies from the host.
+    pub fn forward_hidden_packed(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        segments: &Segments,
+        inv_freq: &Tensor<1>,
+    ) -> Tensor<3> {
+        let x = self.embed_tokens.forward(tokens);
+        let (cos, sin) = self.rope.cos_sin_with(positions, inv_freq, x.dtype());
+        let mask = AttentionMask::Packed(segments.clone());
+        let x = self.run_layers(x, &cos, &sin, &mask, None);
         self.norm.forward(x)
     }
 
@@ -483,10 +511,28 @@ pub(crate) enum KvSlot<'a> {
     },
 }
 
-/// How one forward restricts attention (the same for every layer): `None` = plain causal
-/// (no padding, no cache), else `[B, 1, repeats·T, past + T]` (the grouped-query layout of
-/// [`grouped_query_attention`]) in the device's fused-attention mask convention.
-pub(crate) type AttentionMask = Option<Tensor<4, Bool>>;
+/// How one forward restricts attention (the same for every layer).
+#[derive(Debug, Clone)]
+pub(crate) enum AttentionMask {
+    /// Plain causal: no padding before a real token, no cache.
+    Causal,
+    /// `[B, 1, repeats·T, past + T]` (the grouped-query layout of
+    /// [`grouped_query_attention`]) in the device's fused-attention mask convention.
+    Explicit(Tensor<4, Bool>),
+    /// Packed rows: causal within each example, nothing across examples.
+    Packed(Segments),
+}
+
+impl AttentionMask {
+    /// The same mask without autodiff (for a checkpointed layer's two runs).
+    fn inner(&self) -> Self {
+        match self {
+            Self::Causal => Self::Causal,
+            Self::Explicit(mask) => Self::Explicit(mask.clone().inner()),
+            Self::Packed(segments) => Self::Packed(segments.inner()),
+        }
+    }
+}
 
 /// Repeats each query row's mask for the `repeats` query heads stacked along the query axis:
 /// `[B, 1, T, S]` → `[B, 1, repeats·T, S]`, once per forward rather than once per layer.
@@ -660,6 +706,50 @@ pub(crate) mod tests {
             assert!(
                 max_abs_diff(&causal[3 * vocab..4 * vocab], &later[3 * vocab..4 * vocab]) > 1e-3
             );
+        }
+    }
+
+    /// Packed rows: each example's logits equal those of the example run alone, under
+    /// autodiff (the training path) and without it, checkpointed or not.
+    #[test]
+    fn packed_forward_matches_each_example_alone() {
+        let examples: [&[i64]; 3] = [&[5, 17, 200], &[3, 1, 2, 3, 4], &[9, 8, 7, 6]];
+        // Row 0 holds the first two examples; row 1 the third, then 4 positions of padding.
+        let width = 8;
+        let (rows, placed) = (vec![vec![3, 5], vec![4]], [(0, 0), (0, 3), (1, 0)]);
+        for (autodiff, checkpointed) in [(false, false), (true, false), (true, true)] {
+            let (mut model, device) = tiny_model(4);
+            model.checkpoint_layers = checkpointed;
+            let device = if autodiff { device.autodiff() } else { device };
+            let (mut ids, mut positions) = (vec![0i64; 2 * width], vec![0i64; 2 * width]);
+            for (example, &(row, at)) in examples.iter().zip(&placed) {
+                for (offset, &id) in example.iter().enumerate() {
+                    ids[row * width + at + offset] = id;
+                    positions[row * width + at + offset] = offset as i64;
+                }
+            }
+            let tensor = |values: Vec<i64>| {
+                Tensor::<2, Int>::from_data(TensorData::new(values, [2, width]), &device)
+            };
+            let segments = Segments::from_row_lengths(&rows, width, &device);
+            let inv_freq = model.rope.inv_freq_tensor(&device);
+            let hidden =
+                model.forward_hidden_packed(tensor(ids), tensor(positions), &segments, &inv_freq);
+            let packed = to_vec(model.logits(hidden));
+            let vocab = model.config().vocab_size;
+            for (example, &(row, at)) in examples.iter().zip(&placed) {
+                let alone = Tensor::<2, Int>::from_data(
+                    TensorData::new(example.to_vec(), [1, example.len()]),
+                    &device,
+                );
+                let alone = to_vec(model.logits(model.forward_hidden_causal(alone, &inv_freq)));
+                let start = (row * width + at) * vocab;
+                let diff = max_abs_diff(&alone, &packed[start..start + alone.len()]);
+                assert!(
+                    diff < 1e-5,
+                    "autodiff {autodiff}, checkpointed {checkpointed}, example at {row}/{at}: {diff}"
+                );
+            }
         }
     }
 

@@ -160,6 +160,10 @@ pub struct TrainConfig {
     /// (others run eagerly), so it pays where rows share one width; adapter dropout keeps the
     /// eager path.
     pub cuda_graph: bool,
+    /// Padding-free micro-batches: each micro-batch's examples back to back in one packed row,
+    /// attention kept within each example (variable-length flash attention on a GPU), so no
+    /// padding is computed. The loss and gradients are those of padded rows.
+    pub padding_free: bool,
 }
 
 impl Default for TrainConfig {
@@ -184,6 +188,7 @@ impl Default for TrainConfig {
             gradient_checkpointing: false,
             length_group_size: 64,
             cuda_graph: false,
+            padding_free: false,
         }
     }
 }

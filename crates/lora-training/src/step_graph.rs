@@ -14,14 +14,17 @@
 //! (loading the kernels and making cuBLAS's workspace there); the next one of the same shape is
 //! captured and replayed, and every later one replays. Only that one shape is captured: a
 //! micro-batch of another shape runs eagerly (rows padded to a fixed width, as in the
-//! benchmark, keep one shape). Adapter dropout keeps the eager path (its masks are drawn from
+//! benchmark, keep one shape); so do padding-free (packed) rows, whose width is the batch's
+//! token count. Adapter dropout keeps the eager path (its masks are drawn from
 //! a seed set per step). A capture that fails is reported once and training goes on eagerly.
 
 use llama::Llama;
-use llama::burn::tensor::{DType, Device, Int, Tensor, TensorData};
+#[cfg(feature = "tch")]
+use llama::burn::tensor::Int;
+use llama::burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::optim::FlatLayout;
-use crate::trainer::{Batch, set_trainable, trainable};
+use crate::trainer::{Batch, BatchTensors, set_trainable, trainable};
 
 /// Runs micro-batches, eagerly or through a captured CUDA graph; see the module docs.
 #[derive(Debug, Default)]
@@ -118,8 +121,7 @@ impl StepGraph {
         }
         let device = model.device();
         let scale = scale_tensor(scale, &device);
-        let (inputs, labels, mask) = batch.tensors();
-        micro_batch_gradients(model, layout, inputs, labels, mask, scale, inv_freq)
+        micro_batch_gradients(model, layout, batch.tensors(), scale, inv_freq)
     }
 
     /// Puts the optimiser's updated factors (flat in `layout`) into `model`: written into the
@@ -138,6 +140,7 @@ impl StepGraph {
     fn gpu(&self, model: &Llama, batch: &Batch) -> Option<usize> {
         if !self.enabled
             || self.failure.is_some()
+            || batch.is_packed()
             || model.layers.iter().any(|layer| layer.has_lora_dropout())
         {
             return None;
@@ -171,11 +174,11 @@ impl StepGraph {
             Some(fixed) => fixed,
             None => FixedBuffers::new(model, layout, batch, &device),
         };
-        let (inputs, labels, mask) = batch.tensors();
+        let tensors = batch.tensors();
         let fixed = FixedBuffers {
-            inputs: overwrite_int(fixed.inputs, inputs),
-            labels: overwrite_int(fixed.labels, labels),
-            target_mask: overwrite(fixed.target_mask, mask),
+            inputs: overwrite_int(fixed.inputs, tensors.inputs),
+            labels: overwrite_int(fixed.labels, tensors.labels),
+            target_mask: overwrite(fixed.target_mask, tensors.target_mask),
             scale: overwrite(fixed.scale, scale_tensor(scale, &device)),
             ..fixed
         };
@@ -230,15 +233,13 @@ impl FixedBuffers {
 
     /// [`micro_batch_gradients`] over these buffers.
     fn gradients(&self, model: &Llama, layout: &FlatLayout) -> (Tensor<1>, Tensor<1>) {
-        micro_batch_gradients(
-            model,
-            layout,
-            self.inputs.clone(),
-            self.labels.clone(),
-            self.target_mask.clone(),
-            self.scale.clone(),
-            &self.inv_freq,
-        )
+        let tensors = BatchTensors {
+            inputs: self.inputs.clone(),
+            labels: self.labels.clone(),
+            target_mask: self.target_mask.clone(),
+            packed: None,
+        };
+        micro_batch_gradients(model, layout, tensors, self.scale.clone(), &self.inv_freq)
     }
 }
 
@@ -255,13 +256,11 @@ fn scale_tensor(scale: f64, device: &Device) -> Tensor<1> {
 fn micro_batch_gradients(
     model: &Llama,
     layout: &FlatLayout,
-    inputs: Tensor<2, Int>,
-    labels: Tensor<2, Int>,
-    target_mask: Tensor<2>,
+    batch: BatchTensors,
     scale: Tensor<1>,
     inv_freq: &Tensor<1>,
 ) -> (Tensor<1>, Tensor<1>) {
-    let loss = crate::trainer::target_nll_sum(model, inputs, labels, target_mask, inv_freq) * scale;
+    let loss = crate::trainer::target_nll_sum(model, batch, inv_freq) * scale;
     let gradients = loss.backward();
     let grads: Vec<Tensor<2>> = trainable(model)
         .iter()

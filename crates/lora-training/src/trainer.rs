@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use llama::burn::module::{Module, Param};
 use llama::burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use llama::causal_attention::Segments;
 use llama::cross_entropy::target_log_probs;
 use llama::{HostDType, Llama, OwnedTensors, ProjectionKind, host_tensor};
 use serde::{Deserialize, Serialize};
@@ -278,7 +279,10 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
         let batches: Vec<Batch> = group
             .share(&micro_batches)
             .iter()
-            .map(|indices| Batch::from_split(&data.train, indices, setup.pad_token_id, &device))
+            .map(|indices| {
+                let pad = setup.pad_token_id;
+                Batch::from_split(&data.train, indices, pad, config.padding_free, &device)
+            })
             .collect();
         let outcome = optimizer_step(
             &mut model,
@@ -456,10 +460,9 @@ pub fn eval_loss(
     let inv_freq = model.rope.inv_freq_tensor(&device);
     let (mut total, mut targets) = (0.0f64, 0usize);
     for indices in order.chunks(batch_size) {
-        let batch = Batch::from_split(split, indices, pad_token_id, &device);
+        let batch = Batch::from_split(split, indices, pad_token_id, false, &device);
         targets += batch.target_tokens;
-        let (inputs, labels, mask) = batch.tensors();
-        total += f32_values(target_nll_sum(&model, inputs, labels, mask, &inv_freq))[0] as f64;
+        total += f32_values(target_nll_sum(&model, batch.tensors(), &inv_freq))[0] as f64;
     }
     (total / targets.max(1) as f64, targets)
 }
@@ -503,24 +506,74 @@ fn targets_of(split: &TokenizedSplit, example: usize) -> usize {
         .count()
 }
 
-/// One right-padded micro-batch: inputs `[B, T-1]`, next-token labels and a target mask.
+/// One micro-batch: inputs, next-token labels and a target mask, either right-padded rows
+/// (`[B, T-1]`) or, padding-free, every example back to back in one packed row.
 #[derive(Debug, Clone)]
 pub struct Batch {
     inputs: Tensor<2, Int>,
     labels: Tensor<2, Int>,
     target_mask: Tensor<2>,
+    /// Where the examples of a packed row start and their positions, for a padding-free batch.
+    packed: Option<Packed>,
     pub real_tokens: usize,
     pub computed_tokens: usize,
     pub target_tokens: usize,
 }
 
+/// What a packed row adds to its tokens: positions counted from 0 at each example's start and
+/// the examples' segments (attention stays inside each).
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    positions: Tensor<2, Int>,
+    segments: Segments,
+}
+
+/// A micro-batch's tensors (handles, not copies).
+pub(crate) struct BatchTensors {
+    pub inputs: Tensor<2, Int>,
+    pub labels: Tensor<2, Int>,
+    pub target_mask: Tensor<2>,
+    pub packed: Option<Packed>,
+}
+
+/// Writes one example's inputs (`tokens[..n-1]`), next-token labels and target mask from
+/// `at` on; returns its number of targets.
+fn place_example(
+    (tokens, trained): &(Vec<u32>, Vec<bool>),
+    at: usize,
+    inputs: &mut [i64],
+    labels: &mut [i64],
+    mask: &mut [f32],
+) -> usize {
+    let mut targets = 0;
+    for position in 0..tokens.len().saturating_sub(1) {
+        inputs[at + position] = tokens[position] as i64;
+        labels[at + position] = tokens[position + 1] as i64;
+        if trained[position + 1] {
+            mask[at + position] = 1.0;
+            targets += 1;
+        }
+    }
+    targets
+}
+
 impl Batch {
-    fn from_split(split: &TokenizedSplit, indices: &[usize], pad: u32, device: &Device) -> Self {
+    fn from_split(
+        split: &TokenizedSplit,
+        indices: &[usize],
+        pad: u32,
+        padding_free: bool,
+        device: &Device,
+    ) -> Self {
         let rows: Vec<(Vec<u32>, Vec<bool>)> = indices
             .iter()
             .map(|&i| (split.tokens(i), split.trained(i)))
             .collect();
-        Self::from_rows(&rows, pad, device)
+        if padding_free {
+            Self::packed_from_rows(&rows, device)
+        } else {
+            Self::from_rows(&rows, pad, device)
+        }
     }
 
     /// From `(tokens, trained)` rows, right-padded with `pad` to the longest.
@@ -531,17 +584,9 @@ impl Batch {
         let mut inputs = vec![pad as i64; count * width];
         let mut labels = vec![pad as i64; count * width];
         let mut mask = vec![0.0f32; count * width];
-        let (mut real, mut targets) = (0, 0);
-        for (row, (tokens, trained)) in rows.iter().enumerate() {
-            real += tokens.len();
-            for position in 0..tokens.len().saturating_sub(1) {
-                inputs[row * width + position] = tokens[position] as i64;
-                labels[row * width + position] = tokens[position + 1] as i64;
-                if trained[position + 1] {
-                    mask[row * width + position] = 1.0;
-                    targets += 1;
-                }
-            }
+        let mut targets = 0;
+        for (row, example) in rows.iter().enumerate() {
+            targets += place_example(example, row * width, &mut inputs, &mut labels, &mut mask);
         }
         Self {
             inputs: Tensor::from_data(TensorData::new(inputs, [count, width]), device),
@@ -550,8 +595,49 @@ impl Batch {
                 TensorData::new(mask, [count, width]),
                 (device, DType::F32),
             ),
-            real_tokens: real,
+            packed: None,
+            real_tokens: rows.iter().map(|(t, _)| t.len()).sum(),
             computed_tokens: count * longest,
+            target_tokens: targets,
+        }
+    }
+
+    /// From `(tokens, trained)` rows, padding-free: the examples' input positions back to back
+    /// in one row (HF's `DataCollatorWithFlattening`), each attending to itself only. The loss
+    /// and gradients equal those of [`Batch::from_rows`] on the same rows; no padding is
+    /// computed.
+    pub fn packed_from_rows(rows: &[(Vec<u32>, Vec<bool>)], device: &Device) -> Self {
+        let spans: Vec<usize> = rows
+            .iter()
+            .map(|(t, _)| t.len().saturating_sub(1))
+            .filter(|&span| span > 0)
+            .collect();
+        // One padding position keeps a batch of one-token examples well-formed.
+        let width = spans.iter().sum::<usize>().max(1);
+        let mut inputs = vec![0i64; width];
+        let mut labels = vec![0i64; width];
+        let mut mask = vec![0.0f32; width];
+        let mut positions = vec![0i64; width];
+        let (mut at, mut targets) = (0, 0);
+        for example in rows {
+            targets += place_example(example, at, &mut inputs, &mut labels, &mut mask);
+            let span = example.0.len().saturating_sub(1);
+            for (offset, position) in positions[at..at + span].iter_mut().enumerate() {
+                *position = offset as i64;
+            }
+            at += span;
+        }
+        let real: usize = rows.iter().map(|(t, _)| t.len()).sum();
+        Self {
+            inputs: Tensor::from_data(TensorData::new(inputs, [1, width]), device),
+            labels: Tensor::from_data(TensorData::new(labels, [1, width]), device),
+            target_mask: Tensor::from_data(TensorData::new(mask, [1, width]), (device, DType::F32)),
+            packed: Some(Packed {
+                positions: Tensor::from_data(TensorData::new(positions, [1, width]), device),
+                segments: Segments::from_row_lengths(&[spans], width, device),
+            }),
+            real_tokens: real,
+            computed_tokens: real,
             target_tokens: targets,
         }
     }
@@ -561,34 +647,46 @@ impl Batch {
         self.inputs.dims()
     }
 
-    /// Inputs, next-token labels and the target mask (handles, not copies).
-    pub(crate) fn tensors(&self) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
-        (
-            self.inputs.clone(),
-            self.labels.clone(),
-            self.target_mask.clone(),
-        )
+    /// Whether the examples are packed into one row (padding-free).
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    pub(crate) fn tensors(&self) -> BatchTensors {
+        BatchTensors {
+            inputs: self.inputs.clone(),
+            labels: self.labels.clone(),
+            target_mask: self.target_mask.clone(),
+            packed: self.packed.clone(),
+        }
     }
 }
 
-/// Summed negative log-likelihood of the targets (f32, `[1]`) of right-padded rows.
+/// Summed negative log-likelihood of the targets (f32, `[1]`) of a micro-batch.
 ///
-/// Padding sits only at the end of a row, so real tokens never see it under a plain causal
-/// mask: the model runs its causal forward (no attention mask, the fused causal attention
-/// path), which neither reads from the device nor copies from the host, so a captured CUDA
-/// graph can hold it ([`crate::step_graph`]).
+/// In right-padded rows padding sits only at the end of a row, so real tokens never see it
+/// under a plain causal mask: the model runs its causal forward (no attention mask, the fused
+/// causal attention path); packed rows run the packed forward. Neither reads from the device
+/// nor copies from the host, so a captured CUDA graph can hold them ([`crate::step_graph`]).
 pub(crate) fn target_nll_sum(
     model: &Llama,
-    inputs: Tensor<2, Int>,
-    labels: Tensor<2, Int>,
-    target_mask: Tensor<2>,
+    batch: BatchTensors,
     inv_freq: &Tensor<1>,
 ) -> Tensor<1> {
-    let logits = model.logits(model.forward_hidden_causal(inputs, inv_freq));
+    let hidden = match &batch.packed {
+        None => model.forward_hidden_causal(batch.inputs, inv_freq),
+        Some(packed) => model.forward_hidden_packed(
+            batch.inputs,
+            packed.positions.clone(),
+            &packed.segments,
+            inv_freq,
+        ),
+    };
+    let logits = model.logits(hidden);
     // One operation: PyTorch's fused log-softmax on LibTorch, and a backward that keeps the
     // logits alone instead of several f32 copies of them.
-    let picked = target_log_probs(logits, labels);
-    (picked * target_mask).sum().neg()
+    let picked = target_log_probs(logits, batch.labels);
+    (picked * batch.target_mask).sum().neg()
 }
 
 /// The trainable factors, in [`Llama::adapted_projections`] order, A then B.

@@ -426,9 +426,9 @@ fn accumulated_micro_batches_equal_one_large_batch() {
     assert!(one.iter().any(|&v| v != 0.0));
 }
 
-#[test]
-fn activation_checkpointing_gives_the_same_step() {
-    let _serial = serial();
+/// Two optimiser steps (no clipping, no dropout) of a fresh adapted tiny model over the batch
+/// `make` builds, layers checkpointed or not: the batch, the losses and the first factors.
+fn two_steps(make: impl Fn(&Device) -> Batch, checkpointing: bool) -> (Batch, Vec<f64>, Vec<f32>) {
     let config = TrainConfig {
         max_grad_norm: 0.0,
         ..train_config()
@@ -437,32 +437,138 @@ fn activation_checkpointing_gives_the_same_step() {
         dropout: 0.0,
         ..lora()
     };
+    let device = training_device(&Device::flex());
+    let mut model = freeze_base(common::tiny_model(&device, 3));
+    model.checkpoint_layers = checkpointing;
+    attach_adapters(&mut model, &lora, 11).unwrap();
+    let mut optimizer = new_optimizer(&model);
+    let batch = make(&device);
+    let mut losses = Vec::new();
+    for _ in 0..2 {
+        let outcome = optimizer_step(
+            &mut model,
+            &mut optimizer,
+            std::slice::from_ref(&batch),
+            batch.target_tokens,
+            1e-2,
+            &config,
+            &Group::single(),
+            &mut StepGraph::eager(),
+        );
+        losses.push(outcome.loss);
+    }
+    (batch, losses, factors(&model))
+}
+
+/// A padding-free micro-batch (every example packed into one row, attention kept within each)
+/// gives the padded batch's loss and update, with and without layer checkpointing, and
+/// computes no padding.
+#[test]
+fn padding_free_batches_give_the_padded_step() {
+    let _serial = serial();
     let rows = rows();
-    let run = |checkpointing: bool| {
-        let device = training_device(&Device::flex());
-        let mut model = freeze_base(common::tiny_model(&device, 3));
-        model.checkpoint_layers = checkpointing;
-        attach_adapters(&mut model, &lora, 11).unwrap();
-        let mut optimizer = new_optimizer(&model);
-        let batch = Batch::from_rows(&rows, 0, &device);
-        let targets = batch.target_tokens;
-        let mut losses = Vec::new();
-        for _ in 0..2 {
-            losses.push(
-                optimizer_step(
-                    &mut model,
-                    &mut optimizer,
-                    std::slice::from_ref(&batch),
-                    targets,
-                    1e-2,
-                    &config,
-                    &Group::single(),
-                    &mut StepGraph::eager(),
-                )
-                .loss,
+    let run = |packed: bool, checkpointing: bool| {
+        let make = |device: &Device| {
+            if packed {
+                Batch::packed_from_rows(&rows, device)
+            } else {
+                Batch::from_rows(&rows, 0, device)
+            }
+        };
+        two_steps(make, checkpointing)
+    };
+    let (padded, padded_loss, padded_factors) = run(false, false);
+    let real: usize = rows.iter().map(|(t, _)| t.len()).sum();
+    assert_eq!(padded.shape(), [4, 20]);
+    assert!(padded.computed_tokens > real);
+    for checkpointing in [false, true] {
+        let (packed, loss, values) = run(true, checkpointing);
+        assert!(packed.is_packed());
+        assert_eq!(packed.shape(), [1, real - rows.len()]);
+        assert_eq!(packed.computed_tokens, real);
+        assert_eq!(packed.target_tokens, padded.target_tokens);
+        for (a, b) in padded_loss.iter().zip(&loss) {
+            assert!(
+                (a - b).abs() < 1e-5 * a.abs(),
+                "{padded_loss:?} vs {loss:?}"
             );
         }
-        (losses, factors(&model))
+        let worst = padded_factors
+            .iter()
+            .zip(&values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst < 1e-5,
+            "checkpointing {checkpointing}: factors differ by {worst}"
+        );
+    }
+    assert!(padded_factors.iter().any(|&v| v != 0.0));
+}
+
+/// A whole padding-free training run on the real tokenizer's data follows the padded run's
+/// loss curve, and its metrics say no padding was computed.
+#[test]
+fn padding_free_training_follows_the_padded_loss_curve() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = data_config(dir.path(), 48);
+    let data = tokenized(&config, dir.path());
+    let device = training_device(&Device::flex());
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..lora()
+    };
+    let curve = |padding_free: bool| {
+        let train_config = TrainConfig {
+            max_steps: Some(3),
+            eval_every: 3,
+            // Random batches, so that padded rows do pad.
+            length_group_size: 1,
+            padding_free,
+            ..train_config()
+        };
+        let run_dir = dir.path().join(format!("padding-free-{padding_free}"));
+        let mut model = freeze_base(common::tiny_model(&device, 3));
+        attach_adapters(&mut model, &lora, 11).unwrap();
+        train(model, &setup(&data, &train_config, &lora, &run_dir)).unwrap();
+        read_metrics(&run_dir.join(METRICS_FILE)).unwrap()
+    };
+    let (padded, packed) = (curve(false), curve(true));
+    assert_eq!(padded.len(), packed.len());
+    let mut steps = 0;
+    for (a, b) in padded.iter().zip(&packed) {
+        match (a, b) {
+            (Metric::Train(a), Metric::Train(b)) => {
+                steps += 1;
+                assert!(
+                    (a.loss - b.loss).abs() < 1e-4 * a.loss,
+                    "step {}: {} vs {}",
+                    a.step,
+                    a.loss,
+                    b.loss
+                );
+                assert_eq!(a.tokens, b.tokens);
+                assert!(a.computed_tokens > a.tokens, "padded rows compute padding");
+                assert_eq!(b.computed_tokens, b.tokens, "packed rows compute none");
+            }
+            (Metric::Eval(a), Metric::Eval(b)) => {
+                assert!((a.eval_loss - b.eval_loss).abs() < 1e-4 * a.eval_loss);
+            }
+            other => panic!("metrics out of step: {other:?}"),
+        }
+    }
+    assert_eq!(steps, 3);
+}
+
+#[test]
+fn activation_checkpointing_gives_the_same_step() {
+    let _serial = serial();
+    let rows = rows();
+    let run = |checkpointing: bool| {
+        let (_, losses, factors) =
+            two_steps(|device| Batch::from_rows(&rows, 0, device), checkpointing);
+        (losses, factors)
     };
     let (plain_loss, plain) = run(false);
     let (recomputed_loss, recomputed) = run(true);
