@@ -7,7 +7,8 @@
 # minus N seconds, kept for the rows after it). A row with under 40 s left is skipped. Commands
 # are split on spaces (no quoting); the specs here expect the stripped GPU lora-bench at
 # .gpu-carry/lora-bench and the liger-kernel 0.8.5 wheel in .gpu-carry/whl (carry [".gpu-carry"]).
-# Row names: ours* rows are divided by the hf* rows that share their suffix (ours_b4 / hf_eager_b4).
+# Row names: ours* rows are divided by the hf* rows that share their suffix (ours_b4 / hf_eager_b4;
+# the suffix is what follows ours, ours_again, hf, hf_eager, hf_liger or hf_compile).
 set -uo pipefail
 SPEC=$1
 START=$(date +%s)
@@ -86,9 +87,16 @@ for name in names:
                  "tokens_per_s": round(r["tokens_per_second"], 1),
                  "peak_gib": round(r.get("peak_gpu_memory_gib", 0), 2)})
 print()
+def suffix(name, peers):
+    """What follows the row's kind: ours_again_b4 -> _b4, hf_liger_b4 -> _b4; a bare repeat
+    number is no suffix (ours_again_2 -> '')."""
+    for peer in sorted(peers, key=len, reverse=True):
+        if name.startswith(peer):
+            return re.sub(r"^_\d+$", "", name[len(peer):])
+    return None
+ours_kinds, hf_kinds = ["ours_again", "ours"], ["hf_eager", "hf_liger", "hf_compile", "hf"]
 for o in [n for n in tps if n.startswith("ours")]:
-    sfx = o[len("ours"):].removeprefix("_again")
-    for p in [n for n in tps if n.startswith("hf") and n.endswith(sfx)]:
+    for p in [n for n in tps if n.startswith("hf") and suffix(n, hf_kinds) == suffix(o, ours_kinds)]:
         print(f"{o} / {p} = {tps[o] / tps[p]:.2f}x")
 gpu = (out / "gpu.txt").read_text().splitlines()
 device = ", ".join(gpu[:3])
