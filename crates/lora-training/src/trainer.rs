@@ -192,16 +192,21 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     let step_micro_batches = config.gradient_accumulation_steps * group.world_size();
     let steps_per_epoch = batches_per_epoch.div_ceil(step_micro_batches);
     let total_steps = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
-    let padding = padding_fraction(
-        &epoch_batches(
+    // Packed micro-batches compute no padding at all.
+    let padding = if config.padding_free {
+        0.0
+    } else {
+        padding_fraction(
+            &epoch_batches(
+                &lengths,
+                config.micro_batch_size,
+                config.length_group_size,
+                config.seed,
+                0,
+            ),
             &lengths,
-            config.micro_batch_size,
-            config.length_group_size,
-            config.seed,
-            0,
-        ),
-        &lengths,
-    );
+        )
+    };
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
     let metrics_path = run_dir.join(METRICS_FILE);
 

@@ -531,7 +531,8 @@ fn padding_free_training_follows_the_padded_loss_curve() {
         let run_dir = dir.path().join(format!("padding-free-{padding_free}"));
         let mut model = freeze_base(common::tiny_model(&device, 3));
         attach_adapters(&mut model, &lora, 11).unwrap();
-        train(model, &setup(&data, &train_config, &lora, &run_dir)).unwrap();
+        let outcome = train(model, &setup(&data, &train_config, &lora, &run_dir)).unwrap();
+        assert_eq!(outcome.padding_fraction == 0.0, padding_free);
         read_metrics(&run_dir.join(METRICS_FILE)).unwrap()
     };
     let (padded, packed) = (curve(false), curve(true));
