@@ -432,10 +432,7 @@ impl Llama {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
             .unsqueeze_dim::<2>(0)
             .expand([batch, seq]);
-        let x = self.embed_tokens.forward(tokens);
-        let (cos, sin) = self.rope.cos_sin_with(positions, inv_freq, x.dtype());
-        let x = self.run_layers(x, &cos, &sin, &AttentionMask::Causal, None);
-        self.norm.forward(x)
+        self.hidden_without_cache(tokens, positions, &AttentionMask::Causal, inv_freq)
     }
 
     /// [`Llama::forward_hidden_causal`] for packed rows: several examples back to back in a
@@ -450,10 +447,22 @@ impl Llama {
         segments: &Segments,
         inv_freq: &Tensor<1>,
     ) -> Tensor<3> {
+        let mask = AttentionMask::Packed(segments.clone());
+        self.hidden_without_cache(tokens, positions, &mask, inv_freq)
+    }
+
+    /// Embedding, the decoder layers under `mask` and the final norm, with no cache and the
+    /// rotary frequencies already on the device.
+    fn hidden_without_cache(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: &AttentionMask,
+        inv_freq: &Tensor<1>,
+    ) -> Tensor<3> {
         let x = self.embed_tokens.forward(tokens);
         let (cos, sin) = self.rope.cos_sin_with(positions, inv_freq, x.dtype());
-        let mask = AttentionMask::Packed(segments.clone());
-        let x = self.run_layers(x, &cos, &sin, &mask, None);
+        let x = self.run_layers(x, &cos, &sin, mask, None);
         self.norm.forward(x)
     }
 

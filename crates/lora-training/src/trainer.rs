@@ -515,11 +515,7 @@ fn targets_of(split: &TokenizedSplit, example: usize) -> usize {
 /// (`[B, T-1]`) or, padding-free, every example back to back in one packed row.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    inputs: Tensor<2, Int>,
-    labels: Tensor<2, Int>,
-    target_mask: Tensor<2>,
-    /// Where the examples of a packed row start and their positions, for a padding-free batch.
-    packed: Option<Packed>,
+    tensors: BatchTensors,
     pub real_tokens: usize,
     pub computed_tokens: usize,
     pub target_tokens: usize,
@@ -533,12 +529,31 @@ pub(crate) struct Packed {
     segments: Segments,
 }
 
-/// A micro-batch's tensors (handles, not copies).
+/// A micro-batch's tensors (cloning copies handles, not data).
+#[derive(Debug, Clone)]
 pub(crate) struct BatchTensors {
     pub inputs: Tensor<2, Int>,
     pub labels: Tensor<2, Int>,
     pub target_mask: Tensor<2>,
+    /// Where the examples of a packed row start and their positions, for a padding-free batch.
     pub packed: Option<Packed>,
+}
+
+impl BatchTensors {
+    /// `[rows, width]` inputs, labels and target mask from host vectors.
+    fn from_host(
+        (inputs, labels, mask): (Vec<i64>, Vec<i64>, Vec<f32>),
+        shape: [usize; 2],
+        packed: Option<Packed>,
+        device: &Device,
+    ) -> Self {
+        Self {
+            inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
+            labels: Tensor::from_data(TensorData::new(labels, shape), device),
+            target_mask: Tensor::from_data(TensorData::new(mask, shape), (device, DType::F32)),
+            packed,
+        }
+    }
 }
 
 /// Writes one example's inputs (`tokens[..n-1]`), next-token labels and target mask from
@@ -594,13 +609,7 @@ impl Batch {
             targets += place_example(example, row * width, &mut inputs, &mut labels, &mut mask);
         }
         Self {
-            inputs: Tensor::from_data(TensorData::new(inputs, [count, width]), device),
-            labels: Tensor::from_data(TensorData::new(labels, [count, width]), device),
-            target_mask: Tensor::from_data(
-                TensorData::new(mask, [count, width]),
-                (device, DType::F32),
-            ),
-            packed: None,
+            tensors: BatchTensors::from_host((inputs, labels, mask), [count, width], None, device),
             real_tokens: rows.iter().map(|(t, _)| t.len()).sum(),
             computed_tokens: count * longest,
             target_tokens: targets,
@@ -633,14 +642,13 @@ impl Batch {
             at += span;
         }
         let real: usize = rows.iter().map(|(t, _)| t.len()).sum();
+        let packed = Packed {
+            positions: Tensor::from_data(TensorData::new(positions, [1, width]), device),
+            segments: Segments::from_row_lengths(&[spans], width, device),
+        };
+        let host = (inputs, labels, mask);
         Self {
-            inputs: Tensor::from_data(TensorData::new(inputs, [1, width]), device),
-            labels: Tensor::from_data(TensorData::new(labels, [1, width]), device),
-            target_mask: Tensor::from_data(TensorData::new(mask, [1, width]), (device, DType::F32)),
-            packed: Some(Packed {
-                positions: Tensor::from_data(TensorData::new(positions, [1, width]), device),
-                segments: Segments::from_row_lengths(&[spans], width, device),
-            }),
+            tensors: BatchTensors::from_host(host, [1, width], Some(packed), device),
             real_tokens: real,
             computed_tokens: real,
             target_tokens: targets,
@@ -649,21 +657,16 @@ impl Batch {
 
     /// `[rows, width]` of the inputs (and of the labels and the target mask).
     pub fn shape(&self) -> [usize; 2] {
-        self.inputs.dims()
+        self.tensors.inputs.dims()
     }
 
     /// Whether the examples are packed into one row (padding-free).
     pub fn is_packed(&self) -> bool {
-        self.packed.is_some()
+        self.tensors.packed.is_some()
     }
 
     pub(crate) fn tensors(&self) -> BatchTensors {
-        BatchTensors {
-            inputs: self.inputs.clone(),
-            labels: self.labels.clone(),
-            target_mask: self.target_mask.clone(),
-            packed: self.packed.clone(),
-        }
+        self.tensors.clone()
     }
 }
 
