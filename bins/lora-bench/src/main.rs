@@ -85,7 +85,8 @@ struct Args {
     #[arg(long)]
     lengths: Option<std::path::PathBuf>,
     /// With `--lengths`: pack each micro-batch's examples into one row (padding-free) instead
-    /// of right-padding them to the longest.
+    /// of right-padding them to the longest (with `--cuda-graph`, to a multiple of
+    /// `PACKED_WIDTH_MULTIPLE` positions, as `train.padding_free` does).
     #[arg(long)]
     padding_free: bool,
 }
@@ -234,9 +235,13 @@ fn main() -> Result<()> {
     if on_cuda {
         reset_allocator_peaks(&device)?;
     }
-    let train = TrainConfig::default();
+    let train = TrainConfig {
+        cuda_graph: args.cuda_graph,
+        padding_free: args.padding_free,
+        ..TrainConfig::default()
+    };
     let mut optimizer = new_optimizer(&model);
-    let mut graph = StepGraph::new(args.cuda_graph);
+    let mut graph = StepGraph::new(train.cuda_graph);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut random_row = |length: usize| -> Row {
         let tokens = (0..length)
@@ -276,12 +281,9 @@ fn main() -> Result<()> {
         group
             .share(rows)
             .iter()
-            .map(|rows| {
-                if args.padding_free {
-                    Batch::packed_from_rows(rows, &train_device)
-                } else {
-                    Batch::from_rows(rows, 0, &train_device)
-                }
+            .map(|rows| match train.packed_width_multiple() {
+                Some(multiple) => Batch::packed_from_rows(rows, multiple, &train_device),
+                None => Batch::from_rows(rows, 0, &train_device),
             })
             .collect()
     };
@@ -364,7 +366,8 @@ fn main() -> Result<()> {
             "rank": args.rank,
             "gradient_checkpointing": args.gradient_checkpointing,
             "adapter_f32": args.adapter_f32,
-            "cuda_graph": graph.is_captured(),
+            "cuda_graph": graph.captured_shapes() > 0,
+            "cuda_graph_shapes": graph.captured_shapes(),
             "cuda_graph_failure": graph.failure(),
             "steps": times.len(),
             "seconds_per_step": mean,

@@ -15,7 +15,11 @@ unsafe extern "C" {
     fn tl_use_default_stream(device: c_int, error: *mut *mut c_char) -> c_int;
     fn tl_graph_new(graph: *mut *mut c_void, error: *mut *mut c_char) -> c_int;
     fn tl_graph_delete(graph: *mut c_void);
-    fn tl_graph_capture_begin(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
+    fn tl_graph_capture_begin(
+        graph: *mut c_void,
+        pool_of: *const c_void,
+        error: *mut *mut c_char,
+    ) -> c_int;
     fn tl_graph_capture_end(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
     fn tl_graph_replay(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
 }
@@ -61,18 +65,31 @@ pub struct CudaGraph {
 }
 
 impl CudaGraph {
-    /// Records the kernels `body` enqueues on the current (side) stream without running them.
+    /// Records the kernels `body` enqueues on the current (side) stream without running them,
+    /// in a memory pool of the graph's own.
     /// `body` must not synchronise with the host or copy host memory to the device.
     pub fn capture<R>(body: impl FnOnce() -> R) -> Result<(Self, R)> {
+        Self::capture_in_pool(None, body)
+    }
+
+    /// [`CudaGraph::capture`], allocating from `pool_of`'s memory pool when given: graphs that
+    /// are never replayed concurrently share one pool instead of each holding its own peak.
+    /// What each graph returns stays allocated while it is held, so no later capture reuses it.
+    pub fn capture_in_pool<R>(
+        pool_of: Option<&CudaGraph>,
+        body: impl FnOnce() -> R,
+    ) -> Result<(Self, R)> {
+        let pool_of = pool_of.map_or(std::ptr::null(), |graph| graph.raw as *const c_void);
         let mut raw: *mut c_void = std::ptr::null_mut();
         // SAFETY: `raw` receives a new graph owned by the returned value.
         check("creating a CUDA graph", |error| unsafe {
             tl_graph_new(&mut raw, error)
         })?;
         let graph = Self { raw };
-        // SAFETY: `graph.raw` is a live graph.
+        // SAFETY: `graph.raw` is a live graph; `pool_of` is null or a live, captured graph
+        // borrowed for this call.
         check("beginning capture", |error| unsafe {
-            tl_graph_capture_begin(graph.raw, error)
+            tl_graph_capture_begin(graph.raw, pool_of, error)
         })?;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
         // SAFETY: as above; ending a capture also cleans up after a failed one.

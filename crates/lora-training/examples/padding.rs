@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let batches = epoch_batches(&lengths, micro_batch, group, 42, 0);
             println!(
                 "{micro_batch:>11} {group:>13} {:>17.1}%",
-                100.0 * padding_fraction(&batches, &lengths)
+                100.0 * padding_fraction(&batches, &lengths, None)
             );
         }
     }

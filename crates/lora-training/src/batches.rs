@@ -41,13 +41,38 @@ pub fn epoch_batches(
     batches
 }
 
-/// Share of computed positions that are padding when each batch is padded to its longest row.
-pub fn padding_fraction(batches: &[Vec<usize>], lengths: &[usize]) -> f64 {
+/// Width of one packed row whose examples hold `positions` input positions in all: exact for
+/// `multiple` 1; otherwise rounded up past at least one padding position to a multiple of
+/// `multiple`, so that micro-batches of nearby sizes share a width (and a captured CUDA graph)
+/// and the row always ends in one padding segment (a fixed number of segments per example
+/// count).
+pub fn packed_width(positions: usize, multiple: usize) -> usize {
+    if multiple <= 1 {
+        positions.max(1)
+    } else {
+        (positions + 1).next_multiple_of(multiple)
+    }
+}
+
+/// Share of computed positions that are padding: each batch padded to its longest row, or,
+/// with `packed_width_multiple`, packed into one row of [`packed_width`].
+pub fn padding_fraction(
+    batches: &[Vec<usize>],
+    lengths: &[usize],
+    packed_width_multiple: Option<usize>,
+) -> f64 {
     let (mut real, mut computed) = (0usize, 0usize);
     for batch in batches {
-        let longest = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0);
-        real += batch.iter().map(|&i| lengths[i]).sum::<usize>();
-        computed += longest * batch.len();
+        let tokens = batch.iter().map(|&i| lengths[i]).sum::<usize>();
+        real += tokens;
+        computed += match packed_width_multiple {
+            None => batch.iter().map(|&i| lengths[i]).max().unwrap_or(0) * batch.len(),
+            Some(multiple) => {
+                // A packed row holds each example's positions but its last (no next token).
+                let positions: usize = batch.iter().map(|&i| lengths[i].saturating_sub(1)).sum();
+                tokens + packed_width(positions, multiple) - positions
+            }
+        };
     }
     if computed == 0 {
         0.0
@@ -79,9 +104,29 @@ mod tests {
     #[test]
     fn grouping_by_length_cuts_padding() {
         let lengths = lengths();
-        let random = padding_fraction(&epoch_batches(&lengths, 8, 1, 3, 0), &lengths);
-        let grouped = padding_fraction(&epoch_batches(&lengths, 8, 32, 3, 0), &lengths);
+        let random = padding_fraction(&epoch_batches(&lengths, 8, 1, 3, 0), &lengths, None);
+        let grouped = padding_fraction(&epoch_batches(&lengths, 8, 32, 3, 0), &lengths, None);
         assert!(random > 0.3, "random batches pad {random}");
         assert!(grouped < 0.05, "grouped batches pad {grouped}");
+    }
+
+    #[test]
+    fn packed_rows_pad_only_up_to_their_width_multiple() {
+        assert_eq!(packed_width(0, 1), 1);
+        assert_eq!(packed_width(300, 1), 300);
+        // Always one padding position past the examples, then up to the multiple.
+        assert_eq!(packed_width(300, 256), 512);
+        assert_eq!(packed_width(255, 256), 256);
+        assert_eq!(packed_width(256, 256), 512);
+        let lengths = lengths();
+        let batches = epoch_batches(&lengths, 8, 1, 3, 0);
+        assert_eq!(padding_fraction(&batches, &lengths, Some(1)), 0.0);
+        // Random 8-example batches here hold ~2,100 tokens: a 256-wide bucket wastes at most
+        // 256 of them and ~128 on average.
+        let bucketed = padding_fraction(&batches, &lengths, Some(256));
+        assert!(
+            (0.02..0.12).contains(&bucketed),
+            "bucketed rows pad {bucketed}"
+        );
     }
 }

@@ -154,17 +154,26 @@ pub struct TrainConfig {
     /// Examples per length-sorted group: batches draw from groups of this many examples
     /// sorted by length, so little padding is computed (1 = plain random batches).
     pub length_group_size: usize,
-    /// On a LibTorch GPU, capture one micro-batch's forward and backward as a CUDA graph and
-    /// replay it for the next ones ([`crate::step_graph`]): the ~5,000 kernels of an 8B-shaped
-    /// micro-batch leave the host in one launch. Only the first micro-batch shape is captured
-    /// (others run eagerly), so it pays where rows share one width; adapter dropout keeps the
-    /// eager path.
+    /// On a LibTorch GPU, capture a micro-batch's forward and backward as a CUDA graph and
+    /// replay it for the next micro-batches of the same shape ([`crate::step_graph`]): the
+    /// ~5,000 kernels of an 8B-shaped micro-batch leave the host in one launch. The first shape
+    /// is captured on its second appearance (the first warms up), later shapes on their first
+    /// (up to [`crate::step_graph::MAX_GRAPHS`] shapes, in one shared memory pool); adapter
+    /// dropout keeps the eager path.
     pub cuda_graph: bool,
     /// Padding-free micro-batches: each micro-batch's examples back to back in one packed row,
-    /// attention kept within each example (variable-length flash attention on a GPU), so no
-    /// padding is computed. The loss and gradients are those of padded rows.
+    /// attention kept within each example (variable-length flash attention on a GPU). The loss
+    /// and gradients are those of padded rows. No padding is computed, except with
+    /// `cuda_graph`, where the row is padded to a multiple of [`PACKED_WIDTH_MULTIPLE`]
+    /// positions so that micro-batches of nearby sizes share one captured graph.
     pub padding_free: bool,
 }
+
+/// With `padding_free` and `cuda_graph`, packed rows are padded to a multiple of this many
+/// positions: ~64 positions of padding on average, against a graph per distinct width. 256
+/// padded twice as much, which cost more than the graphs saved on a fast host
+/// (docs/benchmarks.md, 2026-12-06).
+pub const PACKED_WIDTH_MULTIPLE: usize = 128;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -194,6 +203,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The width multiple of packed rows (see `padding_free`), `None` for padded rows.
+    pub fn packed_width_multiple(&self) -> Option<usize> {
+        self.padding_free.then_some(if self.cuda_graph {
+            PACKED_WIDTH_MULTIPLE
+        } else {
+            1
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("train.micro_batch_size", self.micro_batch_size),

@@ -1,22 +1,28 @@
-//! A micro-batch's forward and backward, run eagerly or captured once as a CUDA graph and
-//! replayed (`TrainConfig::cuda_graph`, LibTorch GPUs).
+//! A micro-batch's forward and backward, run eagerly or captured as a CUDA graph and replayed
+//! (`TrainConfig::cuda_graph`, LibTorch GPUs).
 //!
 //! At the Llama-3.1-8B shape one micro-batch launches about 5,000 kernels, and the profile in
 //! docs/benchmarks.md found the GPU idle ~20 ms of a ~177 ms step waiting for the host to launch
 //! them. A replayed graph launches them all at once. A graph replays the addresses it captured,
-//! so what it reads must stay put: the micro-batch's tokens, labels, target mask and loss scale
-//! live in fixed buffers written in place before each replay, the rotary frequencies in one made
-//! once, and the adapter factors are views of one flat vector that the optimiser's result is
-//! written into ([`StepGraph::install`]).
-//! The gradients and the loss come back in the graph's own output buffers.
+//! so what it reads must stay put: the micro-batch's tokens, labels, target mask, loss scale
+//! (and, for packed rows, positions and example starts) live in buffers of that shape written
+//! in place before each replay, the rotary frequencies in one made once, and the adapter factors
+//! are views of one flat vector that the optimiser's result is written into
+//! ([`StepGraph::install`]). The gradients and the loss come back in the graph's own output
+//! buffers.
 //!
-//! The first micro-batch on a GPU sets the buffers up and runs eagerly on the capture stream
-//! (loading the kernels and making cuBLAS's workspace there); the next one of the same shape is
-//! captured and replayed, and every later one replays. Only that one shape is captured: a
-//! micro-batch of another shape runs eagerly (rows padded to a fixed width, as in the
-//! benchmark, keep one shape); so do padding-free (packed) rows, whose width is the batch's
-//! token count. Adapter dropout keeps the eager path (its masks are drawn from
-//! a seed set per step). A capture that fails is reported once and training goes on eagerly.
+//! Each micro-batch shape gets its own graph. The very first micro-batch runs eagerly on the
+//! capture stream (loading the kernels and making cuBLAS's workspace there) and the next one of
+//! its shape is captured and replayed; a micro-batch of a new shape after that is captured at
+//! once (its kernels are the loaded ones at other sizes), and every later one replays. An eager
+//! warm-up per shape was measured to cost memory: its activations sat in the ordinary cache
+//! beside the graphs' pool. The shape is what a graph bakes in: rows × width, and for packed
+//! rows the number of examples and the attention's longest example (packed rows padded to a
+//! width multiple give the whole width as that, so they repeat; see
+//! `TrainConfig::packed_width_multiple`). Graphs share one memory pool, since they never run
+//! at the same time. Up to [`MAX_GRAPHS`] shapes are kept; micro-batches of further shapes and
+//! adapter dropout (its masks are drawn from a seed set per step) take the eager path. A capture
+//! that fails is reported once and training goes on eagerly.
 
 use llama::Llama;
 #[cfg(feature = "tch")]
@@ -26,33 +32,65 @@ use llama::burn::tensor::{DType, Device, Tensor, TensorData};
 use crate::optim::FlatLayout;
 use crate::trainer::{Batch, BatchTensors, set_trainable, trainable};
 
-/// Runs micro-batches, eagerly or through a captured CUDA graph; see the module docs.
+/// Most micro-batch shapes given a graph; micro-batches of further shapes run eagerly.
+pub const MAX_GRAPHS: usize = 16;
+
+/// Runs micro-batches, eagerly or through captured CUDA graphs; see the module docs.
 #[derive(Debug, Default)]
 pub struct StepGraph {
     #[cfg(feature = "tch")]
     enabled: bool,
+    /// What every graph reads, made at the first GPU micro-batch.
     #[cfg(feature = "tch")]
-    fixed: Option<FixedBuffers>,
+    shared: Option<SharedBuffers>,
     #[cfg(feature = "tch")]
-    captured: Option<Captured>,
-    /// Why the graph was given up on, if it was.
+    shapes: Vec<ShapeGraph>,
+    /// Why the graphs were given up on, if they were.
     failure: Option<String>,
 }
 
-/// What a graph reads, at fixed addresses.
+/// What a graph bakes in about its micro-batch.
+#[cfg(feature = "tch")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShapeKey {
+    shape: [usize; 2],
+    /// Packed rows: the number of segment starts and the attention's longest segment.
+    segments: Option<(usize, usize)>,
+}
+
+#[cfg(feature = "tch")]
+impl ShapeKey {
+    fn of(tensors: &BatchTensors) -> Self {
+        Self {
+            shape: tensors.inputs.dims(),
+            segments: tensors.packed.as_ref().map(|packed| {
+                let segments = &packed.segments;
+                (segments.starts.dims()[0], segments.max_len)
+            }),
+        }
+    }
+}
+
+/// Buffers every graph reads, at fixed addresses.
 #[cfg(feature = "tch")]
 #[derive(Debug)]
-struct FixedBuffers {
-    shape: [usize; 2],
-    inputs: Tensor<2, Int>,
-    labels: Tensor<2, Int>,
-    target_mask: Tensor<2>,
-    /// `[1]`: the loss scale (1 / the step's target tokens), which changes from step to step.
-    scale: Tensor<1>,
+struct SharedBuffers {
     /// The adapter factors, flat in the optimiser's layout; the model's factors are views.
     factors: Tensor<1>,
     /// The rotary frequencies (the caller's copy is made anew each step).
     inv_freq: Tensor<1>,
+}
+
+/// One micro-batch shape: its input buffers and, from its second micro-batch on, its graph.
+#[cfg(feature = "tch")]
+#[derive(Debug)]
+struct ShapeGraph {
+    key: ShapeKey,
+    /// The micro-batch's tensors, at fixed addresses, overwritten before each run.
+    tensors: BatchTensors,
+    /// `[1]`: the loss scale (1 / the step's target tokens), which changes from step to step.
+    scale: Tensor<1>,
+    captured: Option<Captured>,
 }
 
 #[cfg(feature = "tch")]
@@ -69,7 +107,7 @@ impl StepGraph {
         Self::default()
     }
 
-    /// Captures micro-batches as a CUDA graph where the model is on a LibTorch GPU and
+    /// Captures micro-batches as CUDA graphs where the model is on a LibTorch GPU and
     /// `enabled` (eager everywhere else).
     pub fn new(enabled: bool) -> Self {
         #[cfg(feature = "tch")]
@@ -84,12 +122,12 @@ impl StepGraph {
         }
     }
 
-    /// Whether micro-batches are replayed from a captured graph now.
-    pub fn is_captured(&self) -> bool {
+    /// How many micro-batch shapes are replayed from a captured graph now.
+    pub fn captured_shapes(&self) -> usize {
         #[cfg(feature = "tch")]
-        let captured = self.captured.is_some();
+        let captured = self.shapes.iter().filter(|s| s.captured.is_some()).count();
         #[cfg(not(feature = "tch"))]
-        let captured = false;
+        let captured = 0;
         captured
     }
 
@@ -115,7 +153,7 @@ impl StepGraph {
                 Err(error) => {
                     tracing::warn!("training without a CUDA graph: {error}");
                     self.failure = Some(error.to_string());
-                    self.captured = None;
+                    self.shapes.clear();
                 }
             }
         }
@@ -125,31 +163,27 @@ impl StepGraph {
     }
 
     /// Puts the optimiser's updated factors (flat in `layout`) into `model`: written into the
-    /// fixed vector a graph reads once one exists, else installed as new leaves.
+    /// fixed vector the graphs read once it exists, else installed as new leaves.
     pub fn install(&mut self, model: &mut Llama, layout: &FlatLayout, updated: Tensor<1>) {
         #[cfg(feature = "tch")]
-        if let Some(fixed) = self.fixed.as_mut() {
-            fixed.factors = llama::overwrite::overwrite(fixed.factors.clone(), updated);
+        if let Some(shared) = self.shared.as_mut() {
+            shared.factors = llama::overwrite::overwrite(shared.factors.clone(), updated);
             return;
         }
         set_trainable(model, layout.split(updated));
     }
 
-    /// The GPU index when this micro-batch may go through the graph.
+    /// The GPU index when this micro-batch may go through a graph.
     #[cfg(feature = "tch")]
     fn gpu(&self, model: &Llama, batch: &Batch) -> Option<usize> {
         if !self.enabled
             || self.failure.is_some()
-            || batch.is_packed()
             || model.layers.iter().any(|layer| layer.has_lora_dropout())
         {
             return None;
         }
-        if self
-            .fixed
-            .as_ref()
-            .is_some_and(|fixed| fixed.shape != batch.shape())
-        {
+        let key = ShapeKey::of(&batch.tensors());
+        if self.shapes.len() >= MAX_GRAPHS && !self.shapes.iter().any(|s| s.key == key) {
             return None;
         }
         llama::cuda_graph::cuda_index(&model.device().inner())
@@ -165,81 +199,120 @@ impl StepGraph {
         scale: f64,
     ) -> llama::Result<(Tensor<1>, Tensor<1>)> {
         use llama::cuda_graph::{CudaGraph, SideStream};
-        use llama::overwrite::{overwrite, overwrite_int};
 
         let device = model.device();
-        // An eager run on the capture stream comes first (when the buffers are made).
-        let warmed = self.fixed.is_some();
-        let fixed = match self.fixed.take() {
-            Some(fixed) => fixed,
-            None => FixedBuffers::new(model, layout, batch, &device),
-        };
+        if self.shared.is_none() {
+            self.shared = Some(SharedBuffers::new(model, layout, &device));
+        }
         let tensors = batch.tensors();
-        let fixed = FixedBuffers {
-            inputs: overwrite_int(fixed.inputs, tensors.inputs),
-            labels: overwrite_int(fixed.labels, tensors.labels),
-            target_mask: overwrite(fixed.target_mask, tensors.target_mask),
-            scale: overwrite(fixed.scale, scale_tensor(scale, &device)),
-            ..fixed
+        let key = ShapeKey::of(&tensors);
+        // The first micro-batch of all runs eagerly; see the module docs.
+        let warm_up = self.shapes.is_empty();
+        // Taken out while it runs, so that another shape's graph can lend it its pool.
+        let mut entry = match self.shapes.iter().position(|s| s.key == key) {
+            Some(index) => self.shapes.swap_remove(index),
+            None => ShapeGraph::new(key, &tensors, &device),
         };
+        entry.write(tensors, scale_tensor(scale, &device));
+        let shared = self.shared.as_ref().expect("made above");
         let _stream = SideStream::enter(gpu)?;
-        let result = match &self.captured {
-            Some(captured) => {
-                captured.graph.replay()?;
-                (captured.loss.clone(), captured.grads.clone())
-            }
-            None if warmed => {
-                // The eager steps' cached blocks go back to the driver, and the graph's pool
+        let outcome = match &entry.captured {
+            Some(captured) => captured
+                .graph
+                .replay()
+                .map(|()| (captured.loss.clone(), captured.grads.clone())),
+            None if warm_up => Ok(entry.gradients(model, layout, shared)),
+            None => {
+                // The eager runs' cached blocks go back to the driver, and the graphs' pool
                 // takes plain segments (PyTorch 2.11 serves no private pool from expandable
                 // ones).
-                llama::cuda_memory::empty_cache()?;
-                llama::cuda_memory::set_expandable_segments(&device, false)?;
-                let (graph, (loss, grads)) = CudaGraph::capture(|| fixed.gradients(model, layout))?;
-                graph.replay()?;
-                let captured = Captured { graph, loss, grads };
-                let result = (captured.loss.clone(), captured.grads.clone());
-                self.captured = Some(captured);
-                result
+                let pool = self.shapes.iter().find_map(|s| s.captured.as_ref());
+                llama::cuda_memory::empty_cache()
+                    .and_then(|()| llama::cuda_memory::set_expandable_segments(&device, false))
+                    .and_then(|()| {
+                        CudaGraph::capture_in_pool(pool.map(|c| &c.graph), || {
+                            entry.gradients(model, layout, shared)
+                        })
+                    })
+                    .and_then(|(graph, (loss, grads))| {
+                        graph.replay()?;
+                        let result = (loss.clone(), grads.clone());
+                        entry.captured = Some(Captured { graph, loss, grads });
+                        Ok(result)
+                    })
             }
-            None => fixed.gradients(model, layout),
         };
-        self.fixed = Some(fixed);
-        Ok(result)
+        self.shapes.push(entry);
+        outcome
     }
 }
 
 #[cfg(feature = "tch")]
-impl FixedBuffers {
-    /// Buffers shaped as `batch`, and the model's factors moved into one flat vector.
-    fn new(model: &mut Llama, layout: &FlatLayout, batch: &Batch, device: &Device) -> Self {
-        let shape = batch.shape();
+impl SharedBuffers {
+    /// Moves the model's factors into one flat vector (the model's factors become views).
+    fn new(model: &mut Llama, layout: &FlatLayout, device: &Device) -> Self {
         let plain = layout.flatten(
             trainable(model).into_iter().map(Tensor::inner).collect(),
             &device.clone().inner(),
         );
-        // A copy the optimiser's results are written into; the model's factors become views.
+        // A copy the optimiser's results are written into.
         let factors = plain.clone().add_scalar(0.0);
         set_trainable(model, layout.split(factors.clone()));
         Self {
-            shape,
-            inputs: Tensor::zeros(shape, device),
-            labels: Tensor::zeros(shape, device),
-            target_mask: Tensor::zeros(shape, (device, DType::F32)),
-            scale: Tensor::zeros([1], (device, DType::F32)),
             factors,
             inv_freq: model.rope.inv_freq_tensor(device),
         }
     }
+}
+
+#[cfg(feature = "tch")]
+impl ShapeGraph {
+    /// Buffers shaped as `tensors` (zeros until [`ShapeGraph::write`]).
+    fn new(key: ShapeKey, tensors: &BatchTensors, device: &Device) -> Self {
+        let zeros_int = |t: &Tensor<2, Int>| Tensor::<2, Int>::zeros(t.dims(), device);
+        let packed = tensors.packed.as_ref().map(|packed| {
+            let mut fixed = packed.clone();
+            fixed.positions = zeros_int(&packed.positions);
+            fixed.segments.starts = Tensor::zeros(packed.segments.starts.dims(), device);
+            fixed
+        });
+        Self {
+            key,
+            tensors: BatchTensors {
+                inputs: zeros_int(&tensors.inputs),
+                labels: zeros_int(&tensors.labels),
+                target_mask: Tensor::zeros(tensors.target_mask.dims(), (device, DType::F32)),
+                packed,
+            },
+            scale: Tensor::zeros([1], (device, DType::F32)),
+            captured: None,
+        }
+    }
+
+    /// Writes a micro-batch of this shape and its loss scale into the buffers, in place.
+    fn write(&mut self, tensors: BatchTensors, scale: Tensor<1>) {
+        use llama::overwrite::{overwrite, overwrite_int};
+        let fixed = &mut self.tensors;
+        fixed.inputs = overwrite_int(fixed.inputs.clone(), tensors.inputs);
+        fixed.labels = overwrite_int(fixed.labels.clone(), tensors.labels);
+        fixed.target_mask = overwrite(fixed.target_mask.clone(), tensors.target_mask);
+        if let (Some(fixed), Some(values)) = (fixed.packed.as_mut(), tensors.packed) {
+            fixed.positions = overwrite_int(fixed.positions.clone(), values.positions);
+            let starts = fixed.segments.starts.clone();
+            fixed.segments.starts = overwrite_int(starts, values.segments.starts);
+        }
+        self.scale = overwrite(self.scale.clone(), scale);
+    }
 
     /// [`micro_batch_gradients`] over these buffers.
-    fn gradients(&self, model: &Llama, layout: &FlatLayout) -> (Tensor<1>, Tensor<1>) {
-        let tensors = BatchTensors {
-            inputs: self.inputs.clone(),
-            labels: self.labels.clone(),
-            target_mask: self.target_mask.clone(),
-            packed: None,
-        };
-        micro_batch_gradients(model, layout, tensors, self.scale.clone(), &self.inv_freq)
+    fn gradients(
+        &self,
+        model: &Llama,
+        layout: &FlatLayout,
+        shared: &SharedBuffers,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let tensors = self.tensors.clone();
+        micro_batch_gradients(model, layout, tensors, self.scale.clone(), &shared.inv_freq)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::adapter::{
     PeftAdapterConfig, f32_values, load_peft_adapter, peft_tensor_name, read_matrix,
     write_peft_files,
 };
-use crate::batches::{epoch_batches, padding_fraction};
+use crate::batches::{epoch_batches, packed_width, padding_fraction};
 use crate::config::{LoraConfig, TrainConfig};
 use crate::distributed::Group;
 use crate::optim::{AdamW, clip_grad_norm};
@@ -192,21 +192,17 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
     let step_micro_batches = config.gradient_accumulation_steps * group.world_size();
     let steps_per_epoch = batches_per_epoch.div_ceil(step_micro_batches);
     let total_steps = config.max_steps.unwrap_or(steps_per_epoch * config.epochs);
-    // Packed micro-batches compute no padding at all.
-    let padding = if config.padding_free {
-        0.0
-    } else {
-        padding_fraction(
-            &epoch_batches(
-                &lengths,
-                config.micro_batch_size,
-                config.length_group_size,
-                config.seed,
-                0,
-            ),
+    let padding = padding_fraction(
+        &epoch_batches(
             &lengths,
-        )
-    };
+            config.micro_batch_size,
+            config.length_group_size,
+            config.seed,
+            0,
+        ),
+        &lengths,
+        config.packed_width_multiple(),
+    );
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
     let metrics_path = run_dir.join(METRICS_FILE);
 
@@ -286,7 +282,8 @@ pub fn train(mut model: Llama, setup: &TrainingSetup<'_>) -> Result<TrainingOutc
             .iter()
             .map(|indices| {
                 let pad = setup.pad_token_id;
-                Batch::from_split(&data.train, indices, pad, config.padding_free, &device)
+                let packed = config.packed_width_multiple();
+                Batch::from_split(&data.train, indices, pad, packed, &device)
             })
             .collect();
         let outcome = optimizer_step(
@@ -465,7 +462,7 @@ pub fn eval_loss(
     let inv_freq = model.rope.inv_freq_tensor(&device);
     let (mut total, mut targets) = (0.0f64, 0usize);
     for indices in order.chunks(batch_size) {
-        let batch = Batch::from_split(split, indices, pad_token_id, false, &device);
+        let batch = Batch::from_split(split, indices, pad_token_id, None, &device);
         targets += batch.target_tokens;
         total += f32_values(target_nll_sum(&model, batch.tensors(), &inv_freq))[0] as f64;
     }
@@ -525,8 +522,8 @@ pub struct Batch {
 /// the examples' segments (attention stays inside each).
 #[derive(Debug, Clone)]
 pub(crate) struct Packed {
-    positions: Tensor<2, Int>,
-    segments: Segments,
+    pub positions: Tensor<2, Int>,
+    pub segments: Segments,
 }
 
 /// A micro-batch's tensors (cloning copies handles, not data).
@@ -582,17 +579,16 @@ impl Batch {
         split: &TokenizedSplit,
         indices: &[usize],
         pad: u32,
-        padding_free: bool,
+        packed_width_multiple: Option<usize>,
         device: &Device,
     ) -> Self {
         let rows: Vec<(Vec<u32>, Vec<bool>)> = indices
             .iter()
             .map(|&i| (split.tokens(i), split.trained(i)))
             .collect();
-        if padding_free {
-            Self::packed_from_rows(&rows, device)
-        } else {
-            Self::from_rows(&rows, pad, device)
+        match packed_width_multiple {
+            Some(multiple) => Self::packed_from_rows(&rows, multiple, device),
+            None => Self::from_rows(&rows, pad, device),
         }
     }
 
@@ -618,39 +614,51 @@ impl Batch {
 
     /// From `(tokens, trained)` rows, padding-free: the examples' input positions back to back
     /// in one row (HF's `DataCollatorWithFlattening`), each attending to itself only. The loss
-    /// and gradients equal those of [`Batch::from_rows`] on the same rows; no padding is
-    /// computed.
-    pub fn packed_from_rows(rows: &[(Vec<u32>, Vec<bool>)], device: &Device) -> Self {
+    /// and gradients equal those of [`Batch::from_rows`] on the same rows. With `width_multiple`
+    /// 1 no padding is computed; a larger multiple pads the row to [`packed_width`] (one more
+    /// segment, no targets) and gives the attention the whole width as its longest example, so
+    /// that every micro-batch of that width and example count has one shape and replays one
+    /// CUDA graph.
+    pub fn packed_from_rows(
+        rows: &[(Vec<u32>, Vec<bool>)],
+        width_multiple: usize,
+        device: &Device,
+    ) -> Self {
         let spans: Vec<usize> = rows
             .iter()
             .map(|(t, _)| t.len().saturating_sub(1))
             .filter(|&span| span > 0)
             .collect();
-        // One padding position keeps a batch of one-token examples well-formed.
-        let width = spans.iter().sum::<usize>().max(1);
+        let positions: usize = spans.iter().sum();
+        // At least one position, so that a batch of one-token examples is well-formed.
+        let width = packed_width(positions, width_multiple);
         let mut inputs = vec![0i64; width];
         let mut labels = vec![0i64; width];
         let mut mask = vec![0.0f32; width];
-        let mut positions = vec![0i64; width];
+        let mut position_ids = vec![0i64; width];
         let (mut at, mut targets) = (0, 0);
         for example in rows {
             targets += place_example(example, at, &mut inputs, &mut labels, &mut mask);
             let span = example.0.len().saturating_sub(1);
-            for (offset, position) in positions[at..at + span].iter_mut().enumerate() {
+            for (offset, position) in position_ids[at..at + span].iter_mut().enumerate() {
                 *position = offset as i64;
             }
             at += span;
         }
+        let mut segments = Segments::from_row_lengths(&[spans], width, device);
+        if width_multiple > 1 {
+            segments.max_len = width;
+        }
         let real: usize = rows.iter().map(|(t, _)| t.len()).sum();
         let packed = Packed {
-            positions: Tensor::from_data(TensorData::new(positions, [1, width]), device),
-            segments: Segments::from_row_lengths(&[spans], width, device),
+            positions: Tensor::from_data(TensorData::new(position_ids, [1, width]), device),
+            segments,
         };
         let host = (inputs, labels, mask);
         Self {
             tensors: BatchTensors::from_host(host, [1, width], Some(packed), device),
             real_tokens: real,
-            computed_tokens: real,
+            computed_tokens: real + width - positions,
             target_tokens: targets,
         }
     }

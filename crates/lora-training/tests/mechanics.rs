@@ -462,35 +462,39 @@ fn two_steps(make: impl Fn(&Device) -> Batch, checkpointing: bool) -> (Batch, Ve
 
 /// A padding-free micro-batch (every example packed into one row, attention kept within each)
 /// gives the padded batch's loss and update, with and without layer checkpointing, and
-/// computes no padding.
+/// computes no padding; padded to a width multiple (the CUDA-graph layout: one more segment of
+/// padding, the whole width as the longest example) it gives the same step again.
 #[test]
 fn padding_free_batches_give_the_padded_step() {
     let _serial = serial();
     let rows = rows();
-    let run = |packed: bool, checkpointing: bool| {
-        let make = |device: &Device| {
-            if packed {
-                Batch::packed_from_rows(&rows, device)
-            } else {
-                Batch::from_rows(&rows, 0, device)
-            }
+    let run = |packed: Option<usize>, checkpointing: bool| {
+        let make = |device: &Device| match packed {
+            Some(multiple) => Batch::packed_from_rows(&rows, multiple, device),
+            None => Batch::from_rows(&rows, 0, device),
         };
         two_steps(make, checkpointing)
     };
-    let (padded, padded_loss, padded_factors) = run(false, false);
+    let (padded, padded_loss, padded_factors) = run(None, false);
     let real: usize = rows.iter().map(|(t, _)| t.len()).sum();
+    let positions = real - rows.len();
     assert_eq!(padded.shape(), [4, 20]);
     assert!(padded.computed_tokens > real);
-    for checkpointing in [false, true] {
-        let (packed, loss, values) = run(true, checkpointing);
+    for (multiple, checkpointing) in [(1, false), (1, true), (16, false), (16, true)] {
+        let (packed, loss, values) = run(Some(multiple), checkpointing);
         assert!(packed.is_packed());
-        assert_eq!(packed.shape(), [1, real - rows.len()]);
-        assert_eq!(packed.computed_tokens, real);
+        let width = if multiple == 1 {
+            positions
+        } else {
+            (positions + 1).next_multiple_of(multiple)
+        };
+        assert_eq!(packed.shape(), [1, width]);
+        assert_eq!(packed.computed_tokens, real + width - positions);
         assert_eq!(packed.target_tokens, padded.target_tokens);
         for (a, b) in padded_loss.iter().zip(&loss) {
             assert!(
                 (a - b).abs() < 1e-5 * a.abs(),
-                "{padded_loss:?} vs {loss:?}"
+                "multiple {multiple}: {padded_loss:?} vs {loss:?}"
             );
         }
         let worst = padded_factors
@@ -500,7 +504,7 @@ fn padding_free_batches_give_the_padded_step() {
             .fold(0.0, f32::max);
         assert!(
             worst < 1e-5,
-            "checkpointing {checkpointing}: factors differ by {worst}"
+            "multiple {multiple}, checkpointing {checkpointing}: factors differ by {worst}"
         );
     }
     assert!(padded_factors.iter().any(|&v| v != 0.0));
