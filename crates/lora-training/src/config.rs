@@ -156,10 +156,10 @@ pub struct TrainConfig {
     pub length_group_size: usize,
     /// On a LibTorch GPU, capture a micro-batch's forward and backward as a CUDA graph and
     /// replay it for the next micro-batches of the same shape ([`crate::step_graph`]): the
-    /// ~5,000 kernels of an 8B-shaped micro-batch leave the host in one launch. The first shape
-    /// is captured on its second appearance (the first warms up), later shapes on their first
-    /// (up to [`crate::step_graph::MAX_GRAPHS`] shapes, in one shared memory pool); adapter
-    /// dropout keeps the eager path.
+    /// ~5,000 kernels of an 8B-shaped micro-batch leave the host in one launch. The first
+    /// micro-batch warms up eagerly; after it a packed shape is captured when it appears and a
+    /// padded shape when it appears again (up to [`crate::step_graph::MAX_GRAPHS`] shapes, in
+    /// one shared memory pool); adapter dropout keeps the eager path.
     pub cuda_graph: bool,
     /// Padding-free micro-batches: each micro-batch's examples back to back in one packed row,
     /// attention kept within each example (variable-length flash attention on a GPU). The loss

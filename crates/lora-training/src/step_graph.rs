@@ -12,17 +12,19 @@
 //! buffers.
 //!
 //! Each micro-batch shape gets its own graph. The very first micro-batch runs eagerly on the
-//! capture stream (loading the kernels and making cuBLAS's workspace there) and the next one of
-//! its shape is captured and replayed; a micro-batch of a new shape after that is captured at
-//! once (its kernels are the loaded ones at other sizes), and every later one replays. An eager
-//! warm-up per shape was measured to cost memory: its activations sat in the ordinary cache
-//! beside the graphs' pool. The shape is what a graph bakes in: rows × width, and for packed
-//! rows the number of examples and the attention's longest example (packed rows padded to a
-//! width multiple give the whole width as that, so they repeat; see
-//! `TrainConfig::packed_width_multiple`). Graphs share one memory pool, since they never run
-//! at the same time. Up to [`MAX_GRAPHS`] shapes are kept; micro-batches of further shapes and
-//! adapter dropout (its masks are drawn from a seed set per step) take the eager path. A capture
-//! that fails is reported once and training goes on eagerly.
+//! capture stream (loading the kernels and making cuBLAS's workspace there) and the next one of its
+//! shape is captured and replayed. After that a new packed shape is captured at once (packed rows
+//! are padded to a width multiple, so their shapes come back; the kernels are the loaded ones at
+//! other sizes), while a new padded shape runs eagerly and is captured only if it comes again
+//! (length-grouped padded rows take many widths that may never repeat). Every later micro-batch of
+//! a captured shape replays. An eager warm-up per packed shape was measured to cost memory: its
+//! activations sat in the ordinary cache beside the graphs' pool. The shape is what a graph bakes
+//! in: rows × width, and for packed rows the number of examples and the attention's longest example
+//! (packed rows padded to a width multiple give the whole width as that, so they repeat; see
+//! `TrainConfig::packed_width_multiple`). Graphs share one memory pool, since they never run at the
+//! same time. Up to [`MAX_GRAPHS`] shapes are kept; micro-batches of further shapes and adapter
+//! dropout (its masks are drawn from a seed set per step) take the eager path. A capture that fails
+//! is reported once and training goes on eagerly.
 
 use llama::Llama;
 #[cfg(feature = "tch")]
@@ -35,6 +37,10 @@ use crate::trainer::{Batch, BatchTensors, set_trainable, trainable};
 /// Most micro-batch shapes given a graph; micro-batches of further shapes run eagerly.
 pub const MAX_GRAPHS: usize = 16;
 
+/// Most padded shapes remembered as seen once (one key each, a few bytes).
+#[cfg(feature = "tch")]
+const MAX_SEEN_ONCE: usize = 4096;
+
 /// Runs micro-batches, eagerly or through captured CUDA graphs; see the module docs.
 #[derive(Debug, Default)]
 pub struct StepGraph {
@@ -45,6 +51,9 @@ pub struct StepGraph {
     shared: Option<SharedBuffers>,
     #[cfg(feature = "tch")]
     shapes: Vec<ShapeGraph>,
+    /// Padded shapes run once, eagerly: captured if they come again.
+    #[cfg(feature = "tch")]
+    seen_once: Vec<ShapeKey>,
     /// Why the graphs were given up on, if they were.
     failure: Option<String>,
 }
@@ -206,8 +215,24 @@ impl StepGraph {
         }
         let tensors = batch.tensors();
         let key = ShapeKey::of(&tensors);
+        let known = self.shapes.iter().any(|s| s.key == key);
         // The first micro-batch of all runs eagerly; see the module docs.
         let warm_up = self.shapes.is_empty();
+        if !known && !warm_up && key.segments.is_none() && !self.seen_once.contains(&key) {
+            // A padded width seen for the first time may never come back: eager, remembered.
+            if self.seen_once.len() < MAX_SEEN_ONCE {
+                self.seen_once.push(key);
+            }
+            let shared = self.shared.as_ref().expect("made above");
+            let scale = scale_tensor(scale, &device);
+            return Ok(micro_batch_gradients(
+                model,
+                layout,
+                tensors,
+                scale,
+                &shared.inv_freq,
+            ));
+        }
         // Taken out while it runs, so that another shape's graph can lend it its pool.
         let mut entry = match self.shapes.iter().position(|s| s.key == key) {
             Some(index) => self.shapes.swap_remove(index),
