@@ -59,15 +59,45 @@ pub struct StepGraph {
 }
 
 /// What a graph bakes in about its micro-batch.
-#[cfg(feature = "tch")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tch"), allow(dead_code))] // graphs need LibTorch; the tests use it
 struct ShapeKey {
     shape: [usize; 2],
     /// Packed rows: the number of segment starts and the attention's longest segment.
     segments: Option<(usize, usize)>,
 }
 
-#[cfg(feature = "tch")]
+/// What [`StepGraph`] does with a micro-batch, from what it knows of the micro-batch's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tch"), allow(dead_code))]
+enum Plan {
+    /// The very first micro-batch: eager on the capture stream, through its shape's buffers.
+    WarmUp,
+    /// Captured now and replayed.
+    Capture,
+    Replay,
+    /// Eager; `remember`: a padded shape seen for the first time (captured if it comes again).
+    Eager {
+        remember: bool,
+    },
+}
+
+/// The module docs' rules. `entry`: whether the shape has buffers (`Some`) and a captured graph
+/// (`Some(true)`); `shapes`: how many shapes have buffers; `seen_once`: a padded shape that ran
+/// eagerly before.
+#[cfg_attr(not(feature = "tch"), allow(dead_code))]
+fn plan(entry: Option<bool>, shapes: usize, key: &ShapeKey, seen_once: bool) -> Plan {
+    match entry {
+        Some(true) => Plan::Replay,
+        Some(false) => Plan::Capture,
+        None if shapes == 0 => Plan::WarmUp,
+        None if shapes >= MAX_GRAPHS => Plan::Eager { remember: false },
+        None if key.segments.is_some() || seen_once => Plan::Capture,
+        None => Plan::Eager { remember: true },
+    }
+}
+
+#[cfg_attr(not(feature = "tch"), allow(dead_code))]
 impl ShapeKey {
     fn of(tensors: &BatchTensors) -> Self {
         Self {
@@ -156,7 +186,7 @@ impl StepGraph {
         inv_freq: &Tensor<1>,
     ) -> (Tensor<1>, Tensor<1>) {
         #[cfg(feature = "tch")]
-        if let Some(gpu) = self.gpu(model, batch) {
+        if let Some(gpu) = self.gpu(model) {
             match self.run_on_gpu(gpu, model, layout, batch, scale) {
                 Ok(result) => return result,
                 Err(error) => {
@@ -182,17 +212,13 @@ impl StepGraph {
         set_trainable(model, layout.split(updated));
     }
 
-    /// The GPU index when this micro-batch may go through a graph.
+    /// The GPU index when micro-batches may go through graphs.
     #[cfg(feature = "tch")]
-    fn gpu(&self, model: &Llama, batch: &Batch) -> Option<usize> {
+    fn gpu(&self, model: &Llama) -> Option<usize> {
         if !self.enabled
             || self.failure.is_some()
             || model.layers.iter().any(|layer| layer.has_lora_dropout())
         {
-            return None;
-        }
-        let key = ShapeKey::of(&batch.tensors());
-        if self.shapes.len() >= MAX_GRAPHS && !self.shapes.iter().any(|s| s.key == key) {
             return None;
         }
         llama::cuda_graph::cuda_index(&model.device().inner())
@@ -215,12 +241,16 @@ impl StepGraph {
         }
         let tensors = batch.tensors();
         let key = ShapeKey::of(&tensors);
-        let known = self.shapes.iter().any(|s| s.key == key);
-        // The first micro-batch of all runs eagerly; see the module docs.
-        let warm_up = self.shapes.is_empty();
-        if !known && !warm_up && key.segments.is_none() && !self.seen_once.contains(&key) {
-            // A padded width seen for the first time may never come back: eager, remembered.
-            if self.seen_once.len() < MAX_SEEN_ONCE {
+        let entry = self.shapes.iter().find(|s| s.key == key);
+        let seen_once = self.seen_once.contains(&key);
+        let plan = plan(
+            entry.map(|s| s.captured.is_some()),
+            self.shapes.len(),
+            &key,
+            seen_once,
+        );
+        if let Plan::Eager { remember } = plan {
+            if remember && self.seen_once.len() < MAX_SEEN_ONCE {
                 self.seen_once.push(key);
             }
             let shared = self.shared.as_ref().expect("made above");
@@ -246,7 +276,7 @@ impl StepGraph {
                 .graph
                 .replay()
                 .map(|()| (captured.loss.clone(), captured.grads.clone())),
-            None if warm_up => Ok(entry.gradients(model, layout, shared)),
+            None if plan == Plan::WarmUp => Ok(entry.gradients(model, layout, shared)),
             None => {
                 // The eager runs' cached blocks go back to the driver, and the graphs' pool
                 // takes plain segments (PyTorch 2.11 serves no private pool from expandable
@@ -370,4 +400,73 @@ fn micro_batch_gradients(
         .collect();
     let device = model.device().inner();
     (loss.inner(), layout.flatten(grads, &device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(lengths: &[usize]) -> Vec<(Vec<u32>, Vec<bool>)> {
+        lengths
+            .iter()
+            .map(|&n| ((0..n as u32).collect(), vec![true; n]))
+            .collect()
+    }
+
+    fn key(batch: &Batch) -> ShapeKey {
+        ShapeKey::of(&batch.tensors())
+    }
+
+    /// Packed micro-batches of different lengths but one width bucket and example count share a
+    /// key (so they replay one graph); another bucket, example count or padded width does not.
+    #[test]
+    fn shape_keys_repeat_within_a_width_bucket() {
+        let device = Device::flex();
+        let packed =
+            |lengths: &[usize]| key(&Batch::packed_from_rows(&rows(lengths), 128, &device));
+        let a = packed(&[40, 50, 20]);
+        assert_eq!(a.shape, [1, 128]);
+        // 3 examples and the padding segment: 5 starts; the whole width as the longest.
+        assert_eq!(a.segments, Some((5, 128)));
+        assert_eq!(a, packed(&[60, 30, 31]));
+        assert_ne!(a, packed(&[60, 60, 31]), "the next bucket");
+        assert_ne!(a, packed(&[40, 50]), "one example fewer");
+        // Exact packed rows carry their own longest example: no repeat to count on.
+        let exact = key(&Batch::packed_from_rows(&rows(&[40, 50, 20]), 1, &device));
+        assert_eq!(exact.segments, Some((4, 49)));
+        let padded = |lengths: &[usize]| key(&Batch::from_rows(&rows(lengths), 0, &device));
+        assert_eq!(padded(&[40, 50]).segments, None);
+        assert_eq!(padded(&[40, 50]), padded(&[50, 12]));
+        assert_ne!(padded(&[40, 50]), padded(&[40, 51]));
+    }
+
+    /// The first micro-batch warms up; then packed shapes are captured at once, padded ones when
+    /// they come again; captured shapes replay; past the cap new shapes stay eager.
+    #[test]
+    fn the_plan_warms_up_once_and_captures_what_repeats() {
+        let device = Device::flex();
+        let packed = key(&Batch::packed_from_rows(&rows(&[40, 50]), 128, &device));
+        let padded = key(&Batch::from_rows(&rows(&[40, 50]), 0, &device));
+        for first in [&packed, &padded] {
+            assert_eq!(plan(None, 0, first, false), Plan::WarmUp);
+        }
+        assert_eq!(plan(Some(false), 1, &padded, false), Plan::Capture);
+        assert_eq!(plan(Some(true), 1, &padded, false), Plan::Replay);
+        assert_eq!(plan(None, 1, &packed, false), Plan::Capture);
+        assert_eq!(
+            plan(None, 1, &padded, false),
+            Plan::Eager { remember: true }
+        );
+        assert_eq!(plan(None, 1, &padded, true), Plan::Capture);
+        let full = MAX_GRAPHS;
+        assert_eq!(
+            plan(None, full, &packed, false),
+            Plan::Eager { remember: false }
+        );
+        assert_eq!(
+            plan(None, full, &padded, true),
+            Plan::Eager { remember: false }
+        );
+        assert_eq!(plan(Some(true), full, &packed, false), Plan::Replay);
+    }
 }
