@@ -120,7 +120,7 @@ struct SharedBuffers {
     inv_freq: Tensor<1>,
 }
 
-/// One micro-batch shape: its input buffers and, from its second micro-batch on, its graph.
+/// One micro-batch shape: its input buffers and, once captured, its graph.
 #[cfg(feature = "tch")]
 #[derive(Debug)]
 struct ShapeGraph {
