@@ -59,14 +59,13 @@ void tl_graph_delete(void *graph) { delete static_cast<at::cuda::CUDAGraph *>(gr
 // `pool_of`'s pool (graphs that never replay concurrently may share one, as training's graphs
 // of different micro-batch shapes do: what a graph returns stays allocated, so no other
 // capture is given its memory).
-int tl_graph_capture_begin(void *graph, const void *pool_of, char **error) {
+int tl_graph_capture_begin(void *graph, void *pool_of, char **error) {
   return guarded(error, [&] {
     auto *captured = static_cast<at::cuda::CUDAGraph *>(graph);
     if (pool_of == nullptr) {
       captured->capture_begin();
     } else {
-      auto *sharing = static_cast<at::cuda::CUDAGraph *>(const_cast<void *>(pool_of));
-      captured->capture_begin(sharing->pool());
+      captured->capture_begin(static_cast<at::cuda::CUDAGraph *>(pool_of)->pool());
     }
   });
 }

@@ -17,7 +17,7 @@ unsafe extern "C" {
     fn tl_graph_delete(graph: *mut c_void);
     fn tl_graph_capture_begin(
         graph: *mut c_void,
-        pool_of: *const c_void,
+        pool_of: *mut c_void,
         error: *mut *mut c_char,
     ) -> c_int;
     fn tl_graph_capture_end(graph: *mut c_void, error: *mut *mut c_char) -> c_int;
@@ -79,7 +79,7 @@ impl CudaGraph {
         pool_of: Option<&CudaGraph>,
         body: impl FnOnce() -> R,
     ) -> Result<(Self, R)> {
-        let pool_of = pool_of.map_or(std::ptr::null(), |graph| graph.raw as *const c_void);
+        let pool_of = pool_of.map_or(std::ptr::null_mut(), |graph| graph.raw);
         let mut raw: *mut c_void = std::ptr::null_mut();
         // SAFETY: `raw` receives a new graph owned by the returned value.
         check("creating a CUDA graph", |error| unsafe {

@@ -188,7 +188,8 @@ impl StepGraph {
         #[cfg(feature = "tch")]
         if let Some(gpu) = self.gpu(model) {
             match self.run_on_gpu(gpu, model, layout, batch, scale) {
-                Ok(result) => return result,
+                Ok(Some(result)) => return result,
+                Ok(None) => {} // this shape runs eagerly
                 Err(error) => {
                     tracing::warn!("training without a CUDA graph: {error}");
                     self.failure = Some(error.to_string());
@@ -224,6 +225,7 @@ impl StepGraph {
         llama::cuda_graph::cuda_index(&model.device().inner())
     }
 
+    /// [`StepGraph::run`] through this shape's graph; `None` where the shape runs eagerly.
     #[cfg(feature = "tch")]
     fn run_on_gpu(
         &mut self,
@@ -232,7 +234,7 @@ impl StepGraph {
         layout: &FlatLayout,
         batch: &Batch,
         scale: f64,
-    ) -> llama::Result<(Tensor<1>, Tensor<1>)> {
+    ) -> llama::Result<Option<(Tensor<1>, Tensor<1>)>> {
         use llama::cuda_graph::{CudaGraph, SideStream};
 
         let device = model.device();
@@ -241,30 +243,21 @@ impl StepGraph {
         }
         let tensors = batch.tensors();
         let key = ShapeKey::of(&tensors);
-        let entry = self.shapes.iter().find(|s| s.key == key);
-        let seen_once = self.seen_once.contains(&key);
+        let index = self.shapes.iter().position(|s| s.key == key);
         let plan = plan(
-            entry.map(|s| s.captured.is_some()),
+            index.map(|i| self.shapes[i].captured.is_some()),
             self.shapes.len(),
             &key,
-            seen_once,
+            self.seen_once.contains(&key),
         );
         if let Plan::Eager { remember } = plan {
             if remember && self.seen_once.len() < MAX_SEEN_ONCE {
                 self.seen_once.push(key);
             }
-            let shared = self.shared.as_ref().expect("made above");
-            let scale = scale_tensor(scale, &device);
-            return Ok(micro_batch_gradients(
-                model,
-                layout,
-                tensors,
-                scale,
-                &shared.inv_freq,
-            ));
+            return Ok(None);
         }
         // Taken out while it runs, so that another shape's graph can lend it its pool.
-        let mut entry = match self.shapes.iter().position(|s| s.key == key) {
+        let mut entry = match index {
             Some(index) => self.shapes.swap_remove(index),
             None => ShapeGraph::new(key, &tensors, &device),
         };
@@ -298,7 +291,7 @@ impl StepGraph {
             }
         };
         self.shapes.push(entry);
-        outcome
+        outcome.map(Some)
     }
 }
 
